@@ -1,0 +1,78 @@
+"""What a user asks for: the specs of the built-in operation kinds.
+
+Specs are frozen, keyword-only attrs classes. They say *what* to do; the
+kinds (``_download.py``, ``_install.py``, ``_project.py``) say *how*.
+Validation that needs the settings (download root, URL scheme) lives in the
+kind's ``validate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import attrs
+
+__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "redact_headers"]
+
+# Header names whose values are credentials: never logged, shown or evented.
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key",
+                               "x-auth-token", "api-key", "token", "x-hf-token"})
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``headers`` safe to show: credential values replaced by ``***``."""
+    return {k: ("***" if _is_sensitive(k) else v) for k, v in headers.items()}
+
+
+def _is_sensitive(name: str) -> bool:
+    low = name.lower()
+    return low in SENSITIVE_HEADERS or "token" in low or "secret" in low or "auth" in low
+
+
+@attrs.frozen(kw_only=True)
+class DownloadSpec:
+    """Fetch ``url`` into ``dest`` (a file path; a directory or None takes the URL's name)."""
+
+    url: str
+    dest: str | None = None
+    sha256: str | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+    kind = "download"
+
+
+@attrs.frozen(kw_only=True)
+class InstallSpec:
+    """Run ``argv`` (never a shell string) as a child process group."""
+
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout_s: float | None = None
+    scope: str | None = None
+
+    kind = "install"
+
+
+StepSpec = Union[DownloadSpec, InstallSpec]
+
+
+@attrs.frozen(kw_only=True)
+class ProjectSpec:
+    """A named, ordered list of download and install steps run as one operation."""
+
+    name: str
+    steps: list[StepSpec]
+
+    kind = "project"
+
+    @classmethod
+    def from_comfyui_workflow(cls, path: str | Path, comfyui_dir: str | Path) -> "ProjectSpec":
+        """The project that fetches the models a ComfyUI workflow needs (SPEC 7.1)."""
+        from ._comfyui import project_from_workflow
+
+        return project_from_workflow(path, comfyui_dir)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": len(self.steps)}

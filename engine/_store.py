@@ -1,0 +1,203 @@
+"""The state directory and its crash-safe msgpack snapshots (SPEC section 8).
+
+Every write is atomic: a temp file in the same directory, fsync, rename,
+fsync of the directory. A snapshot that cannot be decoded is moved aside
+to ``<id>.msgpack.corrupt`` and reported; one with a newer ``schema`` is left
+untouched and reported; the rest load normally. One engine owns a state
+directory at a time (an ``fcntl`` lock on ``<state_dir>/lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+
+from ._convert import converter
+from ._errors import StateDirLocked
+
+__all__ = ["SCHEMA", "OpSnapshot", "SnapshotProblem", "SnapshotStore", "atomic_write", "default_state_dir"]
+
+#: Version of the snapshot format written by this code.
+SCHEMA = 1
+
+
+def default_state_dir() -> Path:
+    """``$RECOVERY_STATE_DIR``, else the platform's user state dir."""
+    env = os.environ.get("RECOVERY_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "recovery-engine"
+
+
+@attrs.frozen(kw_only=True)
+class OpSnapshot:
+    """Everything needed to bring one operation back after a restart."""
+
+    id: str
+    kind: str
+    seq: int
+    spec: dict[str, Any]
+    status: str
+    error: dict[str, Any] | None = None
+    retries: int = 0
+    retries_total: int = 0
+    integrity_retry_used: bool = False
+    state: dict[str, Any] = attrs.Factory(dict)
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    first_failure_at: float | None = None
+    output_tail: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class SnapshotProblem:
+    """A snapshot that was not loaded, and why."""
+
+    path: str
+    reason: str
+    moved_to: str | None
+
+
+def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+    else:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _ensure_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.chmod(path, 0o700)
+    except PermissionError:  # pragma: no cover - a dir we don't own; use it as it is
+        pass
+
+
+@attrs.define(eq=False)
+class SnapshotStore:
+    """The state directory: lock, operation snapshots, statistics."""
+
+    root: Path
+    _lock_fd: int | None = None
+    _ops_fd: int | None = None
+
+    @property
+    def ops_dir(self) -> Path:
+        return self.root / "operations"
+
+    def open(self) -> None:
+        """Create the directories (0700) and take the lock, or raise `StateDirLocked`."""
+        _ensure_private_dir(self.root)
+        _ensure_private_dir(self.ops_dir)
+        _ensure_private_dir(self.root / "logs")
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateDirLocked(
+                f"another engine (pid {holder}) is already using the state directory {self.root}; "
+                "stop it or choose another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        self._ops_fd = os.open(self.ops_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+    def close(self) -> None:
+        if self._ops_fd is not None:
+            os.close(self._ops_fd)
+            self._ops_fd = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def path_for(self, op_id: str) -> Path:
+        return self.ops_dir / f"{op_id}.msgpack"
+
+    def write(self, snap: OpSnapshot) -> None:
+        payload = {"schema": SCHEMA, "operation": converter.unstructure(snap)}
+        atomic_write(self.path_for(snap.id), msgpack.packb(payload, use_bin_type=True),
+                     dir_fd=self._ops_fd)
+
+    def delete(self, op_id: str) -> None:
+        try:
+            self.path_for(op_id).unlink()
+        except FileNotFoundError:
+            return
+        if self._ops_fd is not None:
+            os.fsync(self._ops_fd)
+
+    def load_all(self) -> tuple[list[OpSnapshot], list[SnapshotProblem]]:
+        """Every readable snapshot, plus the problems with the others."""
+        snaps: list[OpSnapshot] = []
+        problems: list[SnapshotProblem] = []
+        for entry in sorted(os.scandir(self.ops_dir), key=lambda e: e.name):
+            if not entry.name.endswith(".msgpack") or entry.name.startswith("."):
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    os.unlink(entry.path)  # a write interrupted by a crash
+                continue
+            path = Path(entry.path)
+            try:
+                with open(path, "rb") as f:
+                    payload = msgpack.unpackb(f.read(), raw=False)
+                if not isinstance(payload, dict) or not isinstance(payload.get("schema"), int):
+                    raise ValueError("no schema version")
+                if payload["schema"] > SCHEMA:
+                    problems.append(SnapshotProblem(
+                        str(path), f"written by a newer version (schema {payload['schema']} > {SCHEMA}); "
+                        "left untouched", None))
+                    continue
+                snap = converter.structure(payload["operation"], OpSnapshot)
+                if snap.id + ".msgpack" != entry.name:
+                    raise ValueError(f"file name does not match operation id {snap.id!r}")
+                snaps.append(snap)
+            except Exception as exc:  # noqa: BLE001 - any decode failure means "corrupt"
+                moved = path.with_name(path.name + ".corrupt")
+                os.replace(path, moved)
+                problems.append(SnapshotProblem(str(path), f"cannot be decoded: {exc}", str(moved)))
+        return snaps, problems
+
+    def write_stats(self, record: dict[str, Any]) -> None:
+        atomic_write(self.root / "stats.msgpack",
+                     msgpack.packb({"schema": SCHEMA, "stats": record}, use_bin_type=True))
+
+    def read_stats(self) -> dict[str, Any]:
+        try:
+            data = msgpack.unpackb((self.root / "stats.msgpack").read_bytes(), raw=False)
+            stats = data.get("stats") if isinstance(data, dict) else None
+            return stats if isinstance(stats, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except Exception:  # noqa: BLE001 - statistics are not worth refusing to start over
+            return {}
