@@ -1,0 +1,458 @@
+"""The engine: owns the operations, the shared services and the public API.
+
+`open_engine` takes the state directory's lock, loads the snapshots, starts
+a supervisor nursery with the breaker actor and one actor per live
+operation, and hands out an `Engine`. Leaving the block cancels every actor;
+each writes its snapshot on the way out, so the next start resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Mapping
+
+import attrs
+import httpx
+import trio
+
+from supervisors import Supervisor, open_supervisor
+
+from ._breaker import BreakerActor, BreakerState
+from ._convert import converter
+from ._errors import ErrorInfo, RefusedError
+from ._events import EventBus, Subscription
+from ._kinds import AttemptContext, Kind, KindRegistry
+from ._model import ACTIVE, FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
+from ._operation import OpActor
+from ._scheduler import Scheduler
+from ._settings import Settings, load_settings, save_settings
+from ._stats import Statistics, StatsCounter
+from ._store import OpSnapshot, SnapshotStore, default_state_dir
+
+__all__ = ["Engine", "builtin_kinds", "open_engine"]
+
+log = logging.getLogger("engine")
+
+_STATS_FLUSH_S = 1.0
+
+
+def builtin_kinds() -> KindRegistry:
+    """A registry with the download, install and project kinds that exist."""
+    registry = KindRegistry()
+    try:
+        from ._download import DownloadKind
+    except ImportError:  # pragma: no cover - kind not built yet
+        pass
+    else:
+        registry.register(DownloadKind())
+    try:
+        from ._install import InstallKind
+    except ImportError:  # pragma: no cover - kind not built yet
+        pass
+    else:
+        registry.register(InstallKind())
+    try:
+        from ._project import ProjectKind
+    except ImportError:  # pragma: no cover - kind not built yet
+        pass
+    else:
+        registry.register(ProjectKind(registry))
+    return registry
+
+
+def _new_id() -> str:
+    return f"{int(time.time() * 1000):x}-{secrets.token_hex(3)}"
+
+
+@attrs.define(eq=False)
+class Engine:
+    """The embedded engine (SPEC section 12). Get one from `open_engine`."""
+
+    state_dir: Path
+    _settings: Settings
+    _file_settings: Settings
+    _store: SnapshotStore
+    _kinds: KindRegistry
+    _http: httpx.AsyncClient
+    _events: EventBus = attrs.Factory(EventBus)
+    _stats: StatsCounter = attrs.Factory(StatsCounter)
+    _ops: dict[str, OpActor] = attrs.Factory(dict)
+    _by_resource: dict[str, str] = attrs.Factory(dict)
+    _supervisor: Supervisor | None = None
+    _scheduler: Scheduler = attrs.field(init=False)
+    _breaker: BreakerActor = attrs.field(init=False)
+    _seq: int = 0
+    _stats_dirty: bool = False
+    _closed: bool = False
+    load_problems: list[Any] = attrs.Factory(list)
+
+    def __attrs_post_init__(self) -> None:
+        self._scheduler = Scheduler(lambda: (self._settings.max_concurrent, self._settings.max_per_host))
+        self._breaker = BreakerActor(
+            settings=lambda: (self._settings.breaker_failure_threshold, self._settings.breaker_reset_timeout_s,
+                              self._settings.breaker_half_open_probes, self._settings.max_delay_s),
+            on_transition=self._breaker_transition,
+        )
+
+    # -- reading ------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force."""
+        return self._settings
+
+    @property
+    def kinds(self) -> KindRegistry:
+        return self._kinds
+
+    def get(self, op_id: str) -> Operation:
+        """One operation's current view; `RefusedError` ``E_NOT_FOUND`` if unknown."""
+        return self._actor(op_id).view()
+
+    def list(self) -> list[Operation]:
+        """Every known operation, oldest first (finished ones are kept as history)."""
+        return [op.view() for op in sorted(self._ops.values(), key=lambda o: o.seq)]
+
+    def statistics(self) -> Statistics:
+        """The statistics of SPEC section 10."""
+        active = sum(1 for op in self._ops.values() if op.status in ACTIVE)
+        return self._stats.snapshot(active)
+
+    async def breakers(self) -> list[BreakerState]:
+        """Each breaker scope's state (scopes appear once an operation used them)."""
+        return await self._breaker.states()
+
+    def find(self, resource: str) -> Operation | None:
+        """The operation that owns ``resource`` (e.g. a destination path), if any."""
+        op_id = self._by_resource.get(resource)
+        return self._ops[op_id].view() if op_id in self._ops else None
+
+    # -- submitting and controlling -----------------------------------------------
+
+    async def submit(self, spec: Any) -> Operation:
+        """Start an operation. A spec whose resource (e.g. destination) a live
+        operation already owns returns that operation instead of a second writer."""
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        kind = self._kinds.for_spec(spec)
+        spec = kind.validate(spec, self._settings)
+        resource = kind.resource_key(spec)
+        if resource is not None:
+            owner = self._by_resource.get(resource)
+            if owner is not None and owner in self._ops and self._ops[owner].status is not Status.SUCCESS:
+                return self._ops[owner].view()
+        self._seq += 1
+        op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
+        self._ops[op.id] = op
+        if resource is not None:
+            self._by_resource[resource] = op.id
+        self._stats.total_operations += 1
+        self._stats_dirty = True
+        op.save()
+        self._events.publish("submitted", op.id, kind=kind.name, spec=kind.describe(spec))
+        self._start_actor(op)
+        self._trim_history()
+        return op.view()
+
+    async def pause(self, op_id: str) -> Operation:
+        """Stop running work promptly, keep all progress (-> paused)."""
+        return await self._control(op_id, Control.PAUSE)
+
+    async def resume(self, op_id: str) -> Operation:
+        """Continue a paused operation from its preserved offset or step (-> pending)."""
+        return await self._control(op_id, Control.RESUME)
+
+    async def cancel(self, op_id: str) -> Operation:
+        """Stop and delete partial data and the snapshot (-> cancelled)."""
+        return await self._control(op_id, Control.CANCEL)
+
+    async def retry_now(self, op_id: str) -> Operation:
+        """Skip the backoff wait, or retry a failed/exhausted operation with a fresh budget."""
+        return await self._control(op_id, Control.RETRY_NOW)
+
+    async def force_retry(self, op_id: str) -> Operation:
+        """Retry whatever the classification; one attempt bypasses an open breaker."""
+        return await self._control(op_id, Control.FORCE_RETRY)
+
+    async def cancel_recovery(self, op_id: str) -> Operation:
+        """Stop automatic retries; the operation fails with its last error."""
+        return await self._control(op_id, Control.CANCEL_RECOVERY)
+
+    async def control(self, op_id: str, control: str) -> Operation:
+        """Apply a control by name (``pause``, ``retry_now``, ...)."""
+        try:
+            which = Control(control.replace("-", "_"))
+        except ValueError:
+            raise RefusedError("E_INVALID_INPUT", f"unknown control {control!r}", field="control") from None
+        return await self._control(op_id, which)
+
+    async def forget(self, op_id: str) -> None:
+        """Drop a finished operation from history (its files stay); a live one is refused."""
+        await trio.lowlevel.checkpoint()
+        op = self._actor(op_id)
+        if op.status not in FINISHED:
+            raise RefusedError("E_INVALID_STATE",
+                               f"cannot forget an operation that is {op.status.value}; cancel it first")
+        op._mailbox.close()
+        self._drop(op)
+
+    async def wait(self, op_id: str) -> Operation:
+        """Return when the operation is success, cancelled, failed or exhausted."""
+        op = self._actor(op_id)
+        while not op.view().settled:
+            await op.changed.wait()
+        await trio.lowlevel.checkpoint()
+        return op.view()
+
+    async def update_settings(self, **changes: Any) -> Settings:
+        """Validate and apply ``changes`` (refused with the field and reason); persisted."""
+        await trio.lowlevel.checkpoint()
+        new = self._settings.updated(changes)
+        self._file_settings = self._file_settings.updated(changes)
+        save_settings(self.state_dir / "settings.json", self._file_settings)
+        self._settings = new
+        self._scheduler.reschedule()
+        self._events.publish("settings", None, settings=new.to_dict())
+        return new
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        """An async iterator of events; a slow reader never slows the engine."""
+        async with self._events.subscribe() as sub:
+            yield sub
+
+    def subscribe_nowait(self) -> Subscription:
+        """A subscription you close yourself with `unsubscribe` (for bridges)."""
+        return self._events.open()
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._events.discard(sub)
+
+    # -- internals used by the actors ---------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._supervisor is None:
+            raise RefusedError("E_INVALID_STATE", "the engine is shut down")
+
+    def _actor(self, op_id: str) -> OpActor:
+        try:
+            return self._ops[op_id]
+        except (KeyError, TypeError):
+            raise RefusedError("E_NOT_FOUND", f"no operation with id {op_id!r}") from None
+
+    async def _control(self, op_id: str, control: Control) -> Operation:
+        op = self._actor(op_id)
+        if op.status in TERMINAL:
+            await trio.lowlevel.checkpoint()
+            refuse_control(control, op.status, op.error)
+            return op.view()
+        return await op.address.ask(control)
+
+    def _start_actor(self, op: OpActor) -> None:
+        assert self._supervisor is not None
+        self._supervisor.start_soon(op.run, name=op.id)
+
+    def _make_context(self, op: OpActor) -> AttemptContext:
+        return AttemptContext(
+            op.id, op.spec, op.state, op.retries, self._http,
+            lambda: self._settings, op.on_progress, self._checkpoint_cb(op), self._step_cb(op),
+            self._output_cb(op), trio.current_time, trio.current_time(),
+        )
+
+    def _checkpoint_cb(self, op: OpActor) -> Any:
+        async def checkpoint() -> None:
+            op.save()
+            await trio.lowlevel.checkpoint()
+
+        return checkpoint
+
+    def _step_cb(self, op: OpActor) -> Any:
+        def step_finished() -> None:
+            op.retries = 0
+            op.integrity_retry_used = False
+            op.save()
+
+        return step_finished
+
+    def _output_cb(self, op: OpActor) -> Any:
+        def output(lines: list[str]) -> None:
+            op.output_tail = list(lines[-200:])
+
+        return output
+
+    def _account(self, ctx: AttemptContext) -> None:
+        self._stats.bytes_downloaded += ctx.bytes_received
+        self._stats.bytes_discarded += ctx.bytes_discarded
+        self._stats_dirty = True
+
+    def _save(self, op: OpActor) -> None:
+        if op.status is Status.CANCELLED:
+            return
+        try:
+            self._store.write(op.snapshot())
+        except OSError as exc:
+            log.error("op %s: could not write its snapshot: %s", op.id, exc)
+
+    def _store_delete(self, op_id: str) -> None:
+        try:
+            self._store.delete(op_id)
+        except OSError as exc:
+            log.error("op %s: could not delete its snapshot: %s", op_id, exc)
+
+    def _publish_status(self, op: OpActor, previous: Status) -> None:
+        fields: dict[str, Any] = {"status": op.status.value, "previous": previous.value}
+        if op.status in (Status.FAILED, Status.EXHAUSTED, Status.RECOVERING) and op.error is not None:
+            fields["error"] = op.error.to_dict()
+        if op.status is Status.RECOVERING:
+            fields.update(attempt=op.retries, max_retries=self._settings.max_retries,
+                          next_retry_at=op.next_retry_at)
+        self._events.publish("status", op.id, **fields)
+
+    def _status_changed(self, op: OpActor, previous: Status) -> None:
+        self._stats_dirty = True
+        self._publish_status(op, previous)
+        if op.status is Status.CANCELLED:
+            self._drop(op)
+        elif op.status in FINISHED:
+            self._trim_history()
+
+    def _drop(self, op: OpActor) -> None:
+        self._ops.pop(op.id, None)
+        if op.resource is not None and self._by_resource.get(op.resource) == op.id:
+            del self._by_resource[op.resource]
+        if op.status is not Status.CANCELLED:
+            self._store_delete(op.id)
+
+    def _trim_history(self) -> None:
+        limit = self._settings.history_limit
+        finished = [op for op in self._ops.values() if op.status in FINISHED]
+        if len(finished) <= limit:
+            return
+        finished.sort(key=lambda o: o.updated_at)
+        for op in finished[: len(finished) - limit]:
+            if op.status is Status.SUCCESS:
+                self._drop(op)
+
+    def _breaker_transition(self, scope: str, state: str, previous: str) -> None:
+        if state == "open":
+            self._stats.breaker_trips += 1
+            self._stats_dirty = True
+        log.warning("breaker %s: %s -> %s", scope, previous, state)
+        self._events.publish("breaker", None, scope=scope, state=state, previous=previous)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _load(self) -> None:
+        self._stats = StatsCounter.from_record(self._store.read_stats())
+        snaps, problems = self._store.load_all()
+        for problem in problems:
+            log.error("snapshot %s: %s", problem.path, problem.reason)
+            self._events.publish("snapshot_corrupt", None, path=problem.path, reason=problem.reason)
+        self.load_problems = problems
+        for snap in sorted(snaps, key=lambda s: s.seq):
+            try:
+                op = self._restore(snap)
+            except Exception as exc:  # noqa: BLE001 - one bad snapshot must not stop the rest
+                log.error("snapshot %s: cannot be restored: %s", snap.id, exc)
+                self._events.publish("snapshot_corrupt", None, path=str(self._store.path_for(snap.id)),
+                                     reason=f"cannot be restored: {exc}")
+                continue
+            self._ops[op.id] = op
+            if op.resource is not None and op.status is not Status.SUCCESS:
+                self._by_resource[op.resource] = op.id
+            self._seq = max(self._seq, op.seq)
+
+    def _restore(self, snap: OpSnapshot) -> OpActor:
+        kind = self._kinds.get(snap.kind)
+        spec = converter.structure(snap.spec, kind.spec_type)
+        status = Status(snap.status)
+        op = OpActor(
+            self, snap.id, kind, spec, snap.seq, status=status,
+            error=ErrorInfo(**snap.error) if snap.error else None, retries=snap.retries,
+            retries_total=snap.retries_total, integrity_retry_used=snap.integrity_retry_used,
+            state=dict(snap.state), bytes_done=snap.bytes_done, bytes_total=snap.bytes_total,
+            created_at=snap.created_at, updated_at=snap.updated_at,
+            first_failure_at=snap.first_failure_at, output_tail=list(snap.output_tail),
+            resource=kind.resource_key(spec),
+        )
+        if status in (Status.IN_PROGRESS, Status.RECOVERING):
+            check_transition(status, Status.PENDING)
+            op.status = Status.PENDING  # resumed on start: queue it again
+        return op
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await trio.sleep(_STATS_FLUSH_S)
+            if self._stats_dirty:
+                self._flush_stats()
+                self._events.publish("stats", None, **self.statistics().to_dict())
+
+    def _flush_stats(self) -> None:
+        self._stats_dirty = False
+        try:
+            self._store.write_stats(self._stats.to_record())
+        except OSError as exc:
+            log.error("could not write statistics: %s", exc)
+
+
+@asynccontextmanager
+async def open_engine(
+    state_dir: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    kinds: Iterable[Kind] = (),
+    http: httpx.AsyncClient | None = None,
+) -> AsyncIterator[Engine]:
+    """Run an engine for the duration of the block.
+
+    ``settings`` replaces ``settings.json`` for this run; ``overrides`` (the
+    command line's ``--set``) are applied on top and never persisted. Extra
+    ``kinds`` are registered beside the built-ins. A second engine on the same
+    ``state_dir`` raises `StateDirLocked` at once.
+    """
+    root = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
+    store = SnapshotStore(root)
+    store.open()
+    try:
+        file_settings = load_settings(root / "settings.json")
+        run_settings = settings if settings is not None else file_settings
+        if overrides:
+            run_settings = run_settings.updated(dict(overrides))
+        registry = builtin_kinds()
+        for kind in kinds:
+            registry.register(kind, replace=True)
+        own_http = http is None
+        client = http or httpx.AsyncClient(
+            follow_redirects=True, max_redirects=10,
+            timeout=httpx.Timeout(run_settings.stall_timeout_s, connect=run_settings.connect_timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+        )
+        engine = Engine(root, run_settings, file_settings, store, registry, client)
+        try:
+            engine._load()
+            async with open_supervisor("engine") as supervisor:
+                engine._supervisor = supervisor
+                await supervisor.start(engine._breaker.run, name="breaker")
+                supervisor.start_soon(engine._stats_loop, name="stats")
+                for op in sorted(engine._ops.values(), key=lambda o: o.seq):
+                    if op.status not in TERMINAL:
+                        engine._start_actor(op)
+                try:
+                    yield engine
+                finally:
+                    engine._closed = True
+                    supervisor.cancel_all()
+            engine._flush_stats()
+            engine._events.close_all()
+        finally:
+            if own_http:
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
+    finally:
+        store.close()

@@ -1,0 +1,158 @@
+"""The durable side of a download: a ``.part`` file written data-before-metadata.
+
+Everything here is plain blocking ``os`` calls made in the trio thread, on
+purpose: a hop to a worker thread would let trio's autojump ``MockClock``
+jump while the hop is in flight and fire stall timeouts that never happened.
+Writes go to the page cache and are cheap; ``fsync`` runs once per checkpoint
+interval (and once at the end), so the loop stays responsive.
+
+`PartFile` only tracks two numbers: ``size`` (bytes written, the file
+position) and ``durable`` (bytes covered by the last ``fsync``). The caller
+records ``durable`` as the resumable offset, and only after `sync` returned,
+so a recorded offset is always on disk. Errors are raw ``OSError``; the caller
+maps them through ``classify_exception``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Union
+
+import attrs
+
+__all__ = ["PartFile", "Writer", "free_bytes", "fsync_dir", "replace_durably"]
+
+Buffer = Union[bytes, bytearray, memoryview]
+#: ``os.write``-shaped: write some of ``data`` to ``fd``, return how much.
+Writer = Callable[[int, Buffer], int]
+
+_REHASH_CHUNK = 1024 * 1024
+
+
+@attrs.define(eq=False)
+class PartFile:
+    """An open ``.part`` file, positioned at its end (see the module docstring)."""
+
+    path: Path
+    _fd: int | None
+    _write: Writer
+    size: int
+    durable: int
+
+    @classmethod
+    def open(cls, path: Path, keep: int, *, write: Writer = os.write) -> PartFile:
+        """Open (creating) ``path`` and cut it back to at most ``keep`` bytes.
+
+        A crash may have left bytes past the last recorded offset; they were
+        never recorded as durable, so they are dropped. A file shorter than
+        ``keep`` (lost or truncated behind our back) keeps what it has.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size > keep:
+                os.ftruncate(fd, keep)
+                size = keep
+            os.lseek(fd, size, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, write, size, size)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        return self._fd
+
+    def write_all(self, data: Buffer) -> None:
+        """Append ``data``; ``size`` counts exactly the bytes the OS accepted, even on error."""
+        fd = self._require_fd()
+        view = memoryview(data)
+        while view:
+            n = self._write(fd, view)
+            self.size += n
+            view = view[n:]
+
+    def sync(self) -> int:
+        """``fsync`` the file; return how many bytes became durable with it."""
+        fd = self._require_fd()
+        if self.size == self.durable:
+            return 0
+        os.fsync(fd)
+        gained = max(0, self.size - self.durable)
+        self.durable = self.size
+        return gained
+
+    def truncate(self) -> int:
+        """Drop all content (a restart from 0); return how many bytes were thrown away."""
+        fd = self._require_fd()
+        dropped = self.size
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.size = self.durable = 0
+        return dropped
+
+    def chunks(self, end: int, chunk_size: int = _REHASH_CHUNK) -> "PrefixReader":
+        """Read ``[0:end)`` back in chunks (to rehash a preserved prefix)."""
+        return PrefixReader(self._require_fd(), end, chunk_size)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+@attrs.define(eq=False)
+class PrefixReader:
+    """Iterate over the first ``end`` bytes of a file with ``pread`` (position untouched)."""
+
+    _fd: int
+    _end: int
+    _chunk_size: int
+    _pos: int = 0
+
+    def __iter__(self) -> PrefixReader:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._pos >= self._end:
+            raise StopIteration
+        data = os.pread(self._fd, min(self._chunk_size, self._end - self._pos), self._pos)
+        if not data:
+            raise StopIteration
+        self._pos += len(data)
+        return data
+
+
+def fsync_dir(path: Path) -> None:
+    """``fsync`` a directory so a rename inside it survives a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename itself happened
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: Path, dst: Path) -> None:
+    """Rename ``src`` over ``dst`` atomically and make the rename durable."""
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
+def free_bytes(directory: Path, statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> int | None:
+    """Bytes an unprivileged user may still write in ``directory``; None if unknown."""
+    try:
+        st = statvfs(str(directory))
+    except OSError:
+        return None
+    return int(st.f_bavail) * int(st.f_frsize)

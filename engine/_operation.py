@@ -1,0 +1,439 @@
+"""The per-operation actor: one reader of its mailbox, one worker.
+
+The reader validates each control against the status (SPEC section 2.2)
+and hands an accepted one to the worker as an *intent*, interrupting
+whatever the worker is waiting on. The worker is the only writer of the
+status: it applies intents, runs attempts, and decides retries with the
+`supervisors.RetryPolicy`. Everything the worker awaits sits inside one
+cancel scope (`_activity`) so an intent interrupts it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from supervisors import Backoff, GiveUp, Mailbox, Request, RetryPolicy, open_mailbox
+
+from ._breaker import Go
+from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
+from ._kinds import AttemptContext, Kind
+from ._model import FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
+from ._store import OpSnapshot
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+__all__ = ["OpActor"]
+
+log = logging.getLogger("engine")
+
+P, I, R, Z, S, F, X, C = (Status.PENDING, Status.IN_PROGRESS, Status.RECOVERING, Status.PAUSED,
+                          Status.SUCCESS, Status.FAILED, Status.EXHAUSTED, Status.CANCELLED)
+
+_PROGRESS_INTERVAL_S = 0.1  # at most 10 progress events per second per operation
+
+
+@attrs.define(eq=False)
+class OpActor:
+    """One operation: its record, its mailbox and its worker."""
+
+    engine: "Engine"
+    id: str
+    kind: Kind
+    spec: Any
+    seq: int
+    status: Status = P
+    error: ErrorInfo | None = None
+    retries: int = 0
+    retries_total: int = 0
+    integrity_retry_used: bool = False
+    state: dict[str, Any] = attrs.Factory(dict)
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    rate_bps: float = 0.0
+    eta_s: float | None = None
+    created_at: float = attrs.Factory(time.time)
+    updated_at: float = attrs.Factory(time.time)
+    first_failure_at: float | None = None
+    output_tail: list[str] = attrs.Factory(list)
+    extra: dict[str, Any] = attrs.Factory(dict)
+    next_retry_at: float | None = None
+    resource: str | None = None
+
+    # runtime only
+    _mailbox: Mailbox[Any] = attrs.Factory(open_mailbox)
+    _intent: tuple[Control, Request[Any]] | None = None
+    _intent_done: trio.Event = attrs.Factory(trio.Event)
+    _activity_scope: trio.CancelScope | None = None
+    _backoff_deadline: float | None = None  # trio time; set while waiting to retry
+    _run_as: Status | None = None
+    _bypass_breaker: bool = False
+    _held_slot: Any = None
+    _breaker_scope: str | None = None
+    _last_progress_emit: float = -math.inf
+    _first_failure_clock: float | None = None  # trio time, exact under a mock clock
+    _rate_sample: tuple[float, int] | None = None
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    # -- views -----------------------------------------------------------------
+
+    @property
+    def address(self) -> Any:
+        return self._mailbox.address
+
+    def view(self) -> Operation:
+        settings = self.engine.settings
+        return Operation(
+            id=self.id, kind=self.kind.name, spec=self.kind.describe(self.spec), status=self.status,
+            error=self.error, attempt=self.retries, max_retries=settings.max_retries,
+            next_retry_at=self.next_retry_at if self.status is R else None,
+            bytes_done=self.bytes_done, bytes_total=self.bytes_total, rate_bps=round(self.rate_bps, 1),
+            eta_s=self.eta_s, created_at=self.created_at, updated_at=self.updated_at,
+            retries_total=self.retries_total, output_tail=list(self.output_tail),
+            step=self.extra.get("step"), steps_done=self.extra.get("steps_done"),
+            steps_total=self.extra.get("steps_total"), resource=self.resource,
+        )
+
+    def snapshot(self) -> OpSnapshot:
+        from ._convert import converter
+
+        return OpSnapshot(
+            id=self.id, kind=self.kind.name, seq=self.seq, spec=converter.unstructure(self.spec),
+            status=self.status.value, error=self.error.to_dict() if self.error else None,
+            retries=self.retries, retries_total=self.retries_total,
+            integrity_retry_used=self.integrity_retry_used, state=self.state,
+            bytes_done=self.bytes_done, bytes_total=self.bytes_total, created_at=self.created_at,
+            updated_at=self.updated_at, first_failure_at=self.first_failure_at,
+            output_tail=self.output_tail[-200:],
+        )
+
+    # -- status ------------------------------------------------------------------
+
+    def _set_status(self, new: Status, *, error: ErrorInfo | None = None, keep_error: bool = False) -> None:
+        old = self.status
+        if new is old:
+            return
+        check_transition(old, new)
+        self.status = new
+        if not keep_error:
+            self.error = error if new in (R, F, X) else None
+        self.updated_at = time.time()
+        if new is not R:
+            self.next_retry_at = None
+        if new is not I and new is not R:
+            self.rate_bps, self.eta_s = 0.0, None
+        self.engine._status_changed(self, old)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def save(self) -> None:
+        """Write the snapshot now (atomic; see `SnapshotStore.write`)."""
+        self.engine._save(self)
+
+    # -- the actor ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Reader and worker; returns when the operation is success or cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_mailbox, nursery.cancel_scope)
+                try:
+                    await self._work()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._mailbox.close()
+            self._release_resources()
+
+    async def _read_mailbox(self, _scope: trio.CancelScope) -> None:
+        async for message in self._mailbox:
+            if not isinstance(message, Request):
+                continue
+            control: Control = message.message
+            try:
+                noop = refuse_control(control, self.status, self.error)
+            except RefusedError as exc:
+                message.fail(exc)
+                continue
+            if noop:
+                message.reply(self.view())
+                continue
+            self._intent = (control, message)
+            self._intent_done = trio.Event()
+            if self._activity_scope is not None:
+                self._activity_scope.cancel()
+            await self._intent_done.wait()
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                if self._intent is not None:
+                    self._apply_intent()
+                if self.status in TERMINAL:
+                    return
+                with trio.CancelScope() as self._activity_scope:
+                    if self._intent is not None:
+                        continue
+                    if self.status in (Z, F, X):
+                        await trio.sleep_forever()
+                    elif self.status is R and self._backoff_deadline is not None:
+                        await trio.sleep_until(self._backoff_deadline)
+                        self._backoff_deadline = None
+                    else:
+                        await self._attempt_cycle()
+                self._activity_scope = None
+        finally:
+            self._activity_scope = None
+            # Engine shutdown (or a bug): keep what is durable for the next start.
+            if self.status not in TERMINAL:
+                with trio.CancelScope(shield=True):
+                    try:
+                        self.save()
+                    except OSError as exc:  # pragma: no cover - disk trouble at shutdown
+                        log.error("op %s: could not write its final snapshot: %s", self.id, exc)
+
+    # -- intents (controls accepted by the reader) ---------------------------------
+
+    def _apply_intent(self) -> None:
+        assert self._intent is not None
+        control, request = self._intent
+        self._intent = None
+        try:
+            noop = refuse_control(control, self.status, self.error)  # it may have moved on
+            if not noop:
+                self._apply(control)
+        except RefusedError as exc:
+            request.fail(exc)
+        except Exception as exc:  # pragma: no cover - a bug; keep the actor alive
+            log.exception("op %s: applying %s failed", self.id, control.value)
+            request.fail(RefusedError("E_INTERNAL", f"{control.value} failed: {exc!r}"))
+        else:
+            request.reply(self.view())
+        finally:
+            self._intent_done.set()
+
+    def _apply(self, control: Control) -> None:
+        stats = self.engine._stats
+        self._forget_breaker()
+        self._backoff_deadline = None
+        if control is Control.PAUSE:
+            self._set_status(Z)
+            self.save()
+        elif control is Control.RESUME:
+            self._set_status(P)
+            self.save()
+        elif control is Control.CANCEL:
+            try:
+                self.kind.discard(self.spec, self.state)
+            except OSError as exc:
+                log.warning("op %s: could not delete partial data: %s", self.id, exc)
+            self.engine._store_delete(self.id)
+            self._set_status(C)
+        elif control is Control.CANCEL_RECOVERY:
+            self._set_status(F, keep_error=True)
+            stats.failed_operations += 1
+            self.save()
+        elif control in (Control.RETRY_NOW, Control.FORCE_RETRY):
+            stats.retry_attempts += 1
+            self.retries_total += 1
+            if control is Control.FORCE_RETRY:
+                self._bypass_breaker = True
+                self.integrity_retry_used = False
+                self.retries = 0
+            elif self.status in (F, X):
+                self.retries = 0  # a fresh retry budget
+            self._run_as = I
+            if self.status is R:
+                self._set_status(I)
+            else:
+                slot = self.engine._scheduler.try_acquire(self._host())
+                if slot is not None:
+                    self._held_slot = slot
+                    self._set_status(I)
+                else:
+                    self._set_status(P)
+            self.save()
+        log.info("op %s: %s -> %s", self.id, control.value, self.status.value)
+
+    # -- attempts ------------------------------------------------------------------
+
+    def _host(self) -> str | None:
+        try:
+            return self.kind.scope(self.spec, self.state)
+        except Exception:  # noqa: BLE001 - a kind bug must not stop scheduling
+            return None
+
+    def _forget_breaker(self) -> None:
+        if self._breaker_scope is not None:
+            self.engine._breaker.forget(self._breaker_scope, self.id)
+            self._breaker_scope = None
+
+    def _release_resources(self) -> None:
+        self._forget_breaker()
+        if self._held_slot is not None:
+            self._held_slot.release()
+            self._held_slot = None
+
+    async def _attempt_cycle(self) -> None:
+        engine = self.engine
+        scope = self._host()
+        probe = False
+        if scope is not None:
+            self._breaker_scope = scope
+            while True:
+                answer = await engine._breaker.permit(scope, self.id, bypass=self._bypass_breaker)
+                if isinstance(answer, Go):
+                    probe = answer.probe
+                    break
+                if self._held_slot is not None:
+                    self._held_slot.release()
+                    self._held_slot = None
+                wait_error = error("E_CIRCUIT_OPEN", f"the circuit breaker for {scope} is open; "
+                                   "waiting for it to let a probe through")
+                changed = self.next_retry_at != answer.until_wall
+                self.next_retry_at = answer.until_wall
+                if self.status is not R:
+                    self._set_status(R, error=wait_error)
+                    self.save()
+                elif changed or self.error is None or self.error.code != "E_CIRCUIT_OPEN":
+                    self._note_wait(wait_error)
+                await answer.wake.wait()
+        self._bypass_breaker = False
+        slot = self._held_slot or await engine._scheduler.acquire(scope)
+        self._held_slot = None
+        ctx: AttemptContext | None = None
+        outcome: AttemptFailed | None = None
+        try:
+            run_as = self._run_as or (I if self.retries == 0 and self.status is not R else R)
+            self._run_as = None
+            if self.status is not run_as:
+                self._set_status(run_as, keep_error=run_as is R)
+            ctx = engine._make_context(self)
+            try:
+                await self.kind.attempt(ctx)
+            except AttemptFailed as exc:
+                outcome = exc
+            except Exception as exc:  # noqa: BLE001 - the classification boundary
+                outcome = classify_exception(exc)
+                if outcome.error.code == "E_INTERNAL":
+                    log.exception("op %s: attempt raised an unexpected error", self.id)
+        finally:
+            slot.release()
+            if ctx is not None:
+                engine._account(ctx)
+            if scope is not None:
+                self._breaker_scope = None
+        if scope is not None:
+            engine._breaker.report(scope, self.id, _breaker_outcome(outcome, ctx))
+        if outcome is None:
+            self._succeeded()
+        else:
+            self._failed(outcome, ctx)
+
+    def _note_wait(self, wait_error: ErrorInfo) -> None:
+        self.error = wait_error
+        self.updated_at = time.time()
+        self.engine._publish_status(self, self.status)
+
+    def _succeeded(self) -> None:
+        recovery_s: float | None = None
+        if self.retries_total and self._first_failure_clock is not None:
+            recovery_s = trio.current_time() - self._first_failure_clock
+        elif self.retries_total and self.first_failure_at is not None:
+            recovery_s = time.time() - self.first_failure_at  # the failure was before a restart
+        self.engine._stats.succeeded(recovery_s)
+        self.rate_bps, self.eta_s = 0.0, None
+        self._set_status(S)
+        self.save()
+        log.info("op %s: succeeded%s", self.id,
+                 f" after {self.retries_total} retries (recovered)" if self.retries_total else "")
+
+    def _failed(self, outcome: AttemptFailed, ctx: AttemptContext | None) -> None:
+        engine = self.engine
+        settings = engine.settings
+        err = outcome.error
+        engine._stats.error(err.code)
+        if self.first_failure_at is None:
+            self.first_failure_at = time.time()
+            self._first_failure_clock = trio.current_time()
+        if ctx is not None and settings.progress_reset_bytes and ctx.durable_bytes >= settings.progress_reset_bytes:
+            self.retries = 0
+        retryable = err.retryable
+        if err.code == "E_INTEGRITY":
+            retryable = not self.integrity_retry_used
+            self.integrity_retry_used = True
+        policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            backoff=Backoff(initial_delay_s=settings.initial_delay_s, factor=settings.backoff_factor,
+                            max_delay_s=settings.max_delay_s, jitter=settings.jitter),
+        )
+        decision = policy.decide(self.retries, retryable=retryable, floor_s=outcome.retry_after_s)
+        if isinstance(decision, GiveUp):
+            engine._stats.failed_operations += 1
+            final = X if decision.exhausted else F
+            self._set_status(final, error=err)
+            self.save()
+            log.warning("op %s: %s with %s (attempt %d/%d): %s", self.id, final.value, err.code,
+                        self.retries, settings.max_retries, err.message)
+            return
+        self.retries = decision.retry
+        self.retries_total += 1
+        engine._stats.retry_attempts += 1
+        self._backoff_deadline = trio.current_time() + decision.delay_s
+        self.next_retry_at = time.time() + decision.delay_s
+        if self.status is R:
+            self.error = err
+            self.updated_at = time.time()
+            engine._publish_status(self, R)
+        else:
+            self._set_status(R, error=err)
+        self.next_retry_at = time.time() + decision.delay_s
+        self.save()
+        engine._events.publish(
+            "retry_scheduled", self.id, attempt=decision.retry, max_retries=settings.max_retries,
+            delay_s=round(decision.delay_s, 3), next_retry_at=self.next_retry_at, error=err.to_dict(),
+        )
+        log.warning("op %s: retry %d/%d in %.1fs after %s: %s", self.id, decision.retry,
+                    settings.max_retries, decision.delay_s, err.code, err.message)
+
+    # -- callbacks from the attempt context ------------------------------------------
+
+    def on_progress(self, bytes_done: int, bytes_total: int | None, extra: dict[str, Any]) -> None:
+        now = trio.current_time()
+        self.bytes_done, self.bytes_total = bytes_done, bytes_total
+        if extra:
+            self.extra.update(extra)
+        sample = self._rate_sample
+        if sample is None or bytes_done < sample[1]:
+            self._rate_sample = (now, bytes_done)
+        elif now - sample[0] >= 0.5:
+            instant = (bytes_done - sample[1]) / (now - sample[0])
+            self.rate_bps = instant if not self.rate_bps else 0.7 * self.rate_bps + 0.3 * instant
+            self._rate_sample = (now, bytes_done)
+        if bytes_total is not None and self.rate_bps > 0:
+            self.eta_s = round(max(0, bytes_total - bytes_done) / self.rate_bps, 1)
+        if now - self._last_progress_emit >= _PROGRESS_INTERVAL_S:
+            self._last_progress_emit = now
+            self.engine._events.publish(
+                "progress", self.id, bytes_done=bytes_done, bytes_total=bytes_total,
+                rate_bps=round(self.rate_bps, 1), eta_s=self.eta_s, **self.extra,
+            )
+
+
+def _breaker_outcome(outcome: AttemptFailed | None, ctx: AttemptContext | None) -> str:
+    """Only retry-worthy failures of attempts that moved no data count (SPEC section 5)."""
+    if outcome is None or (ctx is not None and ctx.bytes_received > 0):
+        return "success"
+    if outcome.error.retryable and outcome.error.code not in ("E_INTEGRITY", "E_CIRCUIT_OPEN"):
+        return "failure"
+    return "neutral"
+
+
+def is_finished(status: Status) -> bool:
+    return status in FINISHED
