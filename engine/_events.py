@@ -106,6 +106,13 @@ class Subscription:
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
+    def drain(self) -> list[Event]:
+        """Every event queued now, without waiting."""
+        out = []
+        while self._queue:
+            out.append(self.receive_nowait())
+        return out
+
     def pending(self) -> int:
         return len(self._queue)
 

@@ -55,7 +55,6 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (P, R): "the scope's breaker is open, or a resumed operation continues its recovery",
     (P, Z): "pause",
     (P, C): "cancel",
-    (P, F): "the spec cannot run (e.g. its kind is no longer registered)",
     (I, S): "the attempt succeeded and was verified",
     (I, R): "a retry-worthy failure; an automatic retry is scheduled",
     (I, F): "a failure automatic retry cannot fix",
