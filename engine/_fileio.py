@@ -15,8 +15,10 @@ maps them through ``classify_exception``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable, Union
 
 import attrs
@@ -28,6 +30,17 @@ Buffer = Union[bytes, bytearray, memoryview]
 Writer = Callable[[int, Buffer], int]
 
 _REHASH_CHUNK = 1024 * 1024
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Attach the file name to an ``OSError`` from an fd call, so messages say which file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 @attrs.define(eq=False)
@@ -73,17 +86,19 @@ class PartFile:
         """Append ``data``; ``size`` counts exactly the bytes the OS accepted, even on error."""
         fd = self._require_fd()
         view = memoryview(data)
-        while view:
-            n = self._write(fd, view)
-            self.size += n
-            view = view[n:]
+        with _naming(self.path):
+            while view:
+                n = self._write(fd, view)
+                self.size += n
+                view = view[n:]
 
     def sync(self) -> int:
         """``fsync`` the file; return how many bytes became durable with it."""
         fd = self._require_fd()
         if self.size == self.durable:
             return 0
-        os.fsync(fd)
+        with _naming(self.path):
+            os.fsync(fd)
         gained = max(0, self.size - self.durable)
         self.durable = self.size
         return gained
@@ -92,8 +107,9 @@ class PartFile:
         """Drop all content (a restart from 0); return how many bytes were thrown away."""
         fd = self._require_fd()
         dropped = self.size
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
+        with _naming(self.path):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
         self.size = self.durable = 0
         return dropped
 
