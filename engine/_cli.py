@@ -1,0 +1,62 @@
+"""The ``recovery`` command line (SPEC section 13): one dispatcher, commands in modules.
+
+Each ``_cli_*.py`` module adds its subcommands with ``add_parsers(sub)``;
+a subcommand sets ``func`` (taking the parsed args, returning an exit code).
+Exit codes: 0 success, 1 some failed/exhausted or a control refused,
+2 usage error, 3 no server reachable, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["build_parser", "main"]
+
+_COMMAND_MODULES = ("_cli_download", "_cli_project", "_cli_serve", "_cli_client")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="recovery",
+        description="Crash-safe, resumable downloads, installs and projects for model launchers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"engine.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"engine.{name}":
+                continue  # that group of commands is not built yet
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        # Ctrl-C before the engine took charge of it: nothing was started yet,
+        # or the engine's shutdown already checkpointed what ran.
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry() -> None:
+    sys.exit(main())

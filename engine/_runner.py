@@ -1,0 +1,174 @@
+"""Run a batch of operations to the end for the command line.
+
+Shared by ``recovery download``, ``run`` and ``import``: submit (taking
+over what a previous run recorded for the same destination or project),
+show progress, turn Ctrl-C into "pause everything and exit 130", and map
+the outcome to the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import trio
+
+from ._display import JsonLines, ProgressDisplay
+from ._engine import Engine, open_engine
+from ._errors import RecoveryError, RefusedError, StateDirLocked
+from ._model import Operation, Status
+from ._settings import parse_setting_assignments
+
+__all__ = ["add_common_options", "overrides_from", "run_cli", "run_specs"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for this run only (any name of the settings table)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="engine state directory (default: $RECOVERY_STATE_DIR or the user state dir)")
+    parser.add_argument("--json", action="store_true", help="print one JSON event per line instead of bars")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return parse_setting_assignments(list(getattr(args, "set_", []) or []))
+
+
+def _setup_logging(state_dir: Path | None) -> None:
+    try:
+        from ._logsetup import setup_logging
+    except ImportError:  # pragma: no cover - file logging not built yet
+        logging.getLogger("engine").addHandler(logging.NullHandler())
+        logging.getLogger("engine").propagate = False
+        return
+    from ._store import default_state_dir
+
+    setup_logging(state_dir or default_state_dir())
+
+
+async def _take_over(eng: Engine, op: Operation) -> Operation:
+    """A rerun of the same command continues what the last run recorded."""
+    if op.status is Status.PAUSED:
+        return await eng.resume(op.id)
+    if op.status in (Status.FAILED, Status.EXHAUSTED):
+        return await eng.force_retry(op.id)  # rerunning is an explicit "try again"
+    return op
+
+
+async def run_specs(
+    specs: Sequence[Any],
+    *,
+    state_dir: Path | None,
+    overrides: dict[str, Any],
+    json_mode: bool = False,
+    engine_kwargs: dict[str, Any] | None = None,
+    on_ready: Callable[[Engine], None] | None = None,
+) -> int:
+    """Submit ``specs``, show them until each is settled, return the exit code."""
+    with trio.open_signal_receiver(signal.SIGINT) as sigint:
+        async with open_engine(state_dir, overrides=overrides, **(engine_kwargs or {})) as eng:
+            if on_ready is not None:
+                on_ready(eng)
+            sub = eng.subscribe_nowait() if json_mode else None
+            ids: list[str] = []
+            try:
+                for spec in specs:
+                    op = await eng.submit(spec)
+                    op = await _take_over(eng, op)
+                    ids.append(op.id)
+            except RefusedError as exc:
+                field = f" (field: {exc.field})" if exc.field else ""
+                print(f"recovery: {exc.code}: {exc.message}{field}", file=sys.stderr)
+                return EXIT_USAGE
+            interrupted = False
+            async with trio.open_nursery() as nursery:
+
+                async def watch_signal() -> None:
+                    nonlocal interrupted
+                    async for _ in sigint:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch_signal)
+                if sub is not None:
+                    await _follow_json(eng, ids, sub)
+                else:
+                    await _follow_bars(eng, ids)
+                nursery.cancel_scope.cancel()
+            if interrupted:
+                for op_id in ids:
+                    op = eng.get(op_id)
+                    if op.status in (Status.PENDING, Status.IN_PROGRESS, Status.RECOVERING):
+                        try:
+                            await eng.pause(op_id)
+                        except RefusedError:
+                            pass
+                if sub is None:
+                    ProgressDisplay().summary(eng.get(i) for i in ids)
+                print("interrupted: paused; run the same command again to resume", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            ops = [eng.get(i) for i in ids]
+            if sub is None:
+                ProgressDisplay().summary(ops)
+            return EXIT_OK if all(o.status is Status.SUCCESS for o in ops) else EXIT_FAILED
+
+
+async def _follow_bars(eng: Engine, ids: list[str]) -> None:
+    with ProgressDisplay() as display:
+        while True:
+            ops = [eng.get(i) for i in ids]
+            display.update(ops)
+            if all(o.settled for o in ops):
+                return
+            await trio.sleep(0.1)
+
+
+async def _follow_json(eng: Engine, ids: list[str], sub: Any) -> None:
+    out = JsonLines()
+    mine = set(ids)
+    for op_id in ids:  # the current state first, so a reader knows where things stand
+        out.event({"type": "status", "op_id": op_id, "status": eng.get(op_id).status.value, "previous": None})
+    try:
+        while not all(eng.get(i).settled for i in ids):
+            with trio.move_on_after(0.5):
+                event = await sub.receive()
+                data = event.to_dict()
+                if data.get("op_id") in mine or event.type == "breaker":
+                    out.event(data)
+        for event in sub.drain():
+            data = event.to_dict()
+            if data.get("op_id") in mine:
+                out.event(data)
+    finally:
+        eng.unsubscribe(sub)
+
+
+def run_cli(make_specs: Callable[[], Sequence[Any]], args: argparse.Namespace, **kwargs: Any) -> int:
+    """Parse the common options, build the specs, run them in trio."""
+    try:
+        overrides = overrides_from(args)
+        specs = make_specs()
+    except RefusedError as exc:
+        field = f" (field: {exc.field})" if exc.field else ""
+        print(f"recovery: {exc.message}{field}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(args.state_dir)
+    try:
+        return trio.run(lambda: run_specs(specs, state_dir=args.state_dir, overrides=overrides,
+                                          json_mode=args.json, **kwargs))
+    except StateDirLocked as exc:
+        print(f"recovery: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: state preserved; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RecoveryError as exc:
+        print(f"recovery: {exc}", file=sys.stderr)
+        return EXIT_FAILED
