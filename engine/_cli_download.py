@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from ._errors import RefusedError
-from ._runner import add_common_options, overrides_from, run_cli, run_specs
+from ._runner import add_common_options, run_cli, run_specs, setup_cli_logging
 from ._specs import DownloadSpec
 
 __all__ = ["add_parsers"]
@@ -85,6 +85,7 @@ async def _demo_main(args: argparse.Namespace) -> int:
     out = (args.keep.expanduser().resolve() if args.keep else work / "models")
     out.mkdir(parents=True, exist_ok=True)
     server = FaultServer()
+    setup_cli_logging(work / "state")
     files = [
         ("/models/checkpoint.safetensors", 24 * mib,
          Faults(drop_after=7 * mib, drop_times=2, rate_bps=3 * mib),

@@ -113,7 +113,8 @@ class ProgressDisplay:
         for op in ops:
             label = op_label(op)
             if op.status is Status.SUCCESS:
-                extra = f" after {op.retries_total} retries" if op.retries_total else ""
+                n = op.retries_total
+                extra = f" after {n} {'retry' if n == 1 else 'retries'}" if n else ""
                 self.console.print(f"[green]✓[/] {label}: done{extra}", highlight=False)
             elif op.status is Status.PAUSED:
                 self.console.print(f"[magenta]‖[/] {label}: paused; run the same command again to resume",

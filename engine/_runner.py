@@ -23,7 +23,7 @@ from ._errors import RecoveryError, RefusedError, StateDirLocked
 from ._model import Operation, Status
 from ._settings import parse_setting_assignments
 
-__all__ = ["add_common_options", "overrides_from", "run_cli", "run_specs"]
+__all__ = ["add_common_options", "overrides_from", "run_cli", "run_specs", "setup_cli_logging"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -40,7 +40,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return parse_setting_assignments(list(getattr(args, "set_", []) or []))
 
 
-def _setup_logging(state_dir: Path | None) -> None:
+def setup_cli_logging(state_dir: Path | None) -> None:
+    """Log to ``<state_dir>/logs/recovery.log``, never over the progress bars."""
     try:
         from ._logsetup import setup_logging
     except ImportError:  # pragma: no cover - file logging not built yet
@@ -159,7 +160,7 @@ def run_cli(make_specs: Callable[[], Sequence[Any]], args: argparse.Namespace, *
         field = f" (field: {exc.field})" if exc.field else ""
         print(f"recovery: {exc.message}{field}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(args.state_dir)
+    setup_cli_logging(args.state_dir)
     try:
         return trio.run(lambda: run_specs(specs, state_dir=args.state_dir, overrides=overrides,
                                           json_mode=args.json, **kwargs))
