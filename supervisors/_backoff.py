@@ -48,11 +48,12 @@ class Backoff:
         """The un-jittered delay before retry ``retry`` (1-based)."""
         if retry < 1:
             raise ValueError(f"retry numbers start at 1, got {retry}")
-        # Cap the exponent first so huge retry numbers cannot overflow.
+        # A huge retry number overflows the float power: its delay is the cap
+        # (or 0 from a 0 start). float() keeps an int factor from building a huge int.
         try:
-            raw = self.initial_delay_s * self.factor ** (retry - 1)
+            raw = self.initial_delay_s * float(self.factor) ** (retry - 1)
         except OverflowError:
-            raw = self.max_delay_s
+            raw = self.max_delay_s if self.initial_delay_s > 0 else 0.0
         return min(self.max_delay_s, raw)
 
     def delay_s(self, retry: int, *, uniform: Callable[[float, float], float] = random.uniform) -> float:

@@ -92,7 +92,8 @@ class Mailbox(Generic[M]):
 
     def close(self) -> None:
         """Stop accepting messages; later senders get `ActorGone`, pending asks fail."""
-        self._receive.close()
+        # Drain before closing: closing the receive side discards whatever is
+        # still queued, which would leave those callers' asks waiting forever.
         while True:
             try:
                 pending = self._receive.receive_nowait()
@@ -100,6 +101,7 @@ class Mailbox(Generic[M]):
                 break
             if isinstance(pending, Request):
                 pending.fail(ActorGone("the actor stopped before replying"))
+        self._receive.close()
 
     def __aiter__(self) -> "Mailbox[M]":
         return self

@@ -132,7 +132,8 @@ class Supervisor:
         try:
             with child._outer:
                 while True:
-                    if child._resume is not None:
+                    # A loop, not an if: pause may come again between resume and this wakeup.
+                    while child._resume is not None:
                         child.state = "paused"
                         await child._resume.wait()
                     child.state = "running"
