@@ -21,7 +21,7 @@ from ._display import JsonLines, ProgressDisplay
 from ._engine import Engine, open_engine
 from ._errors import RecoveryError, RefusedError, StateDirLocked
 from ._model import Operation, Status
-from ._settings import parse_setting_assignments
+from ._settings import Settings, parse_setting_assignments
 
 __all__ = ["add_common_options", "overrides_from", "run_cli", "run_specs", "setup_cli_logging"]
 
@@ -37,7 +37,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    return parse_setting_assignments(list(getattr(args, "set_", []) or []))
+    """The ``--set`` values, each checked like a setting (a bad value is a usage error, exit 2)."""
+    overrides = parse_setting_assignments(list(getattr(args, "set_", []) or []))
+    Settings().updated(overrides)  # raises RefusedError naming the field and the reason
+    return overrides
 
 
 def setup_cli_logging(state_dir: Path | None) -> None:
