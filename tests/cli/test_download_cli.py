@@ -1,0 +1,231 @@
+"""``recovery download`` as a user runs it: real subprocesses against a fault server in a thread."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from engine.testing import FaultServer, Faults, content_sha256
+
+# Wide enough that rich never wraps a message or suggestion in the middle.
+ENV = {**os.environ, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
+ENV.pop("RECOVERY_STATE_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultServer]:
+    srv = FaultServer()
+    with srv.run_in_thread():
+        yield srv
+
+
+def download_argv(*args: str, tmp_path: Path) -> list[str]:
+    return [sys.executable, "-m", "engine", "download", *args,
+            "-o", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
+
+
+def recovery(*args: str, tmp_path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``recovery download ARGS`` to the end."""
+    return subprocess.run(download_argv(*args, tmp_path=tmp_path), capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshots(state_dir: Path) -> list[dict[str, Any]]:
+    """Every operation snapshot in the state dir, decoded."""
+    out = []
+    for path in sorted((state_dir / "operations").glob("*.msgpack")):
+        payload = msgpack.unpackb(path.read_bytes(), raw=False)
+        out.append(payload["operation"])
+    return out
+
+
+def no_traceback(proc: Any) -> None:
+    assert "Traceback" not in proc.stderr and "Traceback" not in (proc.stdout or ""), proc.stderr
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def test_download_succeeds_with_the_exact_file(server: FaultServer, tmp_path: Path) -> None:
+    """A plain download exits 0 and leaves the byte-exact file and no .part."""
+    size = 3_000_000
+    url = server.url("/files/ok.bin", size=size)
+    proc = recovery(url, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "out" / "ok.bin"
+    assert sha256_of(dest) == content_sha256("/files/ok.bin", size)
+    assert not dest.with_name("ok.bin.part").exists()
+    assert "done" in proc.stderr
+    no_traceback(proc)
+
+
+def test_not_found_exits_1_with_code_and_suggestion(server: FaultServer, tmp_path: Path) -> None:
+    """A 404 fails at once: exit 1, the error code, the HTTP status and a suggestion are printed."""
+    proc = recovery(server.base_url + "/missing/model.bin", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    err = squash(proc.stderr)
+    assert "E_HTTP_CLIENT" in err and "404" in err
+    assert "suggestion:" in err and "URL is correct" in err
+    assert not (tmp_path / "out" / "model.bin").exists()
+    no_traceback(proc)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["file:///etc/passwd"], "only http and https"),
+    (["http://127.0.0.1:9/x.bin", "--set", "nope=1"], "unknown setting"),
+    (["http://127.0.0.1:9/x.bin", "--sha256", "abc123"], "64 hexadecimal"),
+    (["http://127.0.0.1:9/x.bin", "--set", "max_retries=-1"], "max_retries"),
+    (["http://127.0.0.1:9/x.bin", "--max-retries", "lots"], "invalid int value"),
+])
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    """A bad scheme, an unknown --set, a bad sha256 or a bad number exits 2 naming the problem."""
+    proc = recovery(*args, tmp_path=tmp_path)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert says in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    no_traceback(proc)
+
+
+def test_json_prints_one_event_per_line(server: FaultServer, tmp_path: Path) -> None:
+    """--json prints only JSON lines: submitted, statuses, progress and retry_scheduled for a drop."""
+    size = 2_000_000
+    url = server.url("/files/json.bin", size=size, faults=Faults(drop_after=700_000, drop_times=1))
+    proc = recovery(url, "--json", "--set", "initial_delay_s=0.1", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    events = [json.loads(line) for line in lines]  # every line parses
+    assert len(events) == len(lines) > 4
+    types = {e["type"] for e in events}
+    assert {"submitted", "status", "progress", "retry_scheduled"} <= types
+    op_ids = {e["op_id"] for e in events}
+    assert len(op_ids) == 1
+    statuses = [e["status"] for e in events if e["type"] == "status"]
+    assert "recovering" in statuses and statuses[-1] == "success"
+    retry = next(e for e in events if e["type"] == "retry_scheduled")
+    assert retry["attempt"] == 1 and retry["error"]["code"] == "E_NET_INTERRUPTED"
+    submitted = next(e for e in events if e["type"] == "submitted")
+    assert submitted["kind"] == "download" and submitted["spec"]["dest"].endswith("json.bin")
+    assert all(isinstance(e.get("ts"), (int, float)) for e in events if e["type"] != "status" or e["previous"])
+    assert sha256_of(tmp_path / "out" / "json.bin") == content_sha256("/files/json.bin", size)
+
+
+def test_set_applies_to_the_run_only(server: FaultServer, tmp_path: Path) -> None:
+    """--set max_retries=0 makes one dropped attempt exhaust, and settings.json is not written."""
+    url = server.url("/files/once.bin", size=1_000_000, faults=Faults(drop_after=100_000))
+    proc = recovery(url, "--json", "--set", "max_retries=0", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    statuses = [e["status"] for e in events if e["type"] == "status"]
+    assert statuses[-1] == "exhausted" and "retry_scheduled" not in {e["type"] for e in events}
+    assert not (tmp_path / "state" / "settings.json").exists()
+    assert len(server.stats.paths["/files/once.bin"].records) == 1
+
+
+def test_sha256_mismatch_fails_after_one_fresh_retry(server: FaultServer, tmp_path: Path) -> None:
+    """A wrong --sha256 is retried once from scratch, then exits 1 with E_INTEGRITY and no file."""
+    size = 300_000
+    url = server.url("/files/bad.bin", size=size)
+    proc = recovery(url, "--json", "--sha256", "ab" * 32, "--set", "initial_delay_s=0.05", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    retries = [e for e in events if e["type"] == "retry_scheduled"]
+    assert [e["error"]["code"] for e in retries] == ["E_INTEGRITY"]
+    final = [e for e in events if e["type"] == "status"][-1]
+    assert final["status"] == "failed" and final["error"]["code"] == "E_INTEGRITY"
+    assert "sha256 mismatch" in final["error"]["message"]
+    records = server.stats.paths["/files/bad.bin"].records
+    assert [r.range_start for r in records] == [0, 0]  # the retry started from scratch
+    assert not (tmp_path / "out" / "bad.bin").exists() and not (tmp_path / "out" / "bad.bin.part").exists()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_ctrl_c_pauses_and_rerun_resumes(server: FaultServer, tmp_path: Path) -> None:
+    """Ctrl-C exits 130 with the op paused; the same command again resumes by Range and ends exact."""
+    size = 4 * 1024 * 1024
+    url = server.url("/files/ctrlc.bin", size=size, faults=Faults(rate_bps=2 * 1024 * 1024))
+    part = tmp_path / "out" / "ctrlc.bin.part"
+    proc = subprocess.Popen(download_argv(url, tmp_path=tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        wait_for(lambda: part.exists() and part.stat().st_size > 0, 20, "the .part to get bytes")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "paused" in err
+    [snap] = snapshots(tmp_path / "state")
+    assert snap["status"] == "paused"
+    kept = snap["state"]["offset"]
+    assert 0 < kept < size and part.stat().st_size == kept
+
+    again = recovery(url, tmp_path=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sha256_of(tmp_path / "out" / "ctrlc.bin") == content_sha256("/files/ctrlc.bin", size)
+    first, second = server.stats.paths["/files/ctrlc.bin"].records
+    assert first.range_start == 0
+    assert second.status == 206 and second.range_start == kept and second.bytes_sent == size - kept
+    [snap] = snapshots(tmp_path / "state")
+    assert snap["status"] == "success"
+
+
+# Between the interpreter installing its SIGINT handler and `engine._cli.main` entering its
+# `try`, `python -m engine` (and the `recovery` script) import the whole `engine` package
+# (trio, httpx, rich, cattrs: about 0.2 s). A Ctrl-C there is an unhandled KeyboardInterrupt
+# with a traceback. The fix lies in engine/__init__.py or the entry point, not in the CLI
+# modules: the window stays marked here until it is closed.
+_IMPORT_WINDOW = pytest.mark.xfail(
+    reason="Ctrl-C while `engine/__init__` imports its dependencies prints a traceback", strict=False)
+
+
+@pytest.mark.parametrize("delay_s", [
+    0.0,
+    pytest.param(0.05, marks=_IMPORT_WINDOW),
+    pytest.param(0.15, marks=_IMPORT_WINDOW),
+    0.5,
+    1.0,
+])
+def test_ctrl_c_at_startup_never_shows_a_traceback(server: FaultServer, tmp_path: Path, delay_s: float) -> None:
+    """SIGINT from the first moment on exits 130 (or 0 if already done), never with a traceback."""
+    url = server.url(f"/files/early-{delay_s}.bin", size=1_000_000, faults=Faults(rate_bps=1024 * 1024))
+    proc = subprocess.Popen(download_argv(url, tmp_path=tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        time.sleep(delay_s)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "Traceback" not in out, err
+    if proc.returncode == -signal.SIGINT:
+        # The signal came before the interpreter installed any handler: the default action
+        # ended the process, which a shell reports as 130, and nothing was printed or started.
+        assert not err and not out
+    else:
+        assert proc.returncode in (130, 0), (proc.returncode, err)
+    if proc.returncode == 130 and (tmp_path / "state" / "operations").exists():
+        assert all(s["status"] in ("paused", "success") for s in snapshots(tmp_path / "state"))
