@@ -24,7 +24,7 @@ from typing import Any, Callable
 import attrs
 import trio
 
-from supervisors import Mailbox, Request, open_mailbox
+from supervisors import ActorGone, Mailbox, Request, open_mailbox
 
 __all__ = ["BreakerActor", "BreakerState", "Forget", "Go", "Permit", "Report", "Wait"]
 
@@ -116,10 +116,16 @@ class BreakerActor:
         return await self._mailbox.address.ask(Permit(scope, op_id, bypass))
 
     def report(self, scope: str, op_id: str, outcome: str) -> None:
-        self._mailbox.address.tell(Report(scope, op_id, outcome))
+        self._tell(Report(scope, op_id, outcome))
 
     def forget(self, scope: str, op_id: str) -> None:
-        self._mailbox.address.tell(Forget(scope, op_id))
+        self._tell(Forget(scope, op_id))
+
+    def _tell(self, message: Any) -> None:
+        try:
+            self._mailbox.address.tell(message)
+        except ActorGone:
+            pass  # the engine is shutting down; there is no state left to update
 
     async def states(self) -> list[BreakerState]:
         return await self._mailbox.address.ask(_States())

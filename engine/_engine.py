@@ -447,6 +447,15 @@ async def open_engine(
                     yield engine
                 finally:
                     engine._closed = True
+                    # Operations first (each writes its snapshot on the way out),
+                    # then the services they talk to.
+                    services = {"breaker", "stats"}
+                    actors = [c for n, c in supervisor.children.items() if n not in services]
+                    for child in actors:
+                        child.cancel()
+                    with trio.CancelScope(shield=True):
+                        for child in actors:
+                            await child.done.wait()
                     supervisor.cancel_all()
             engine._flush_stats()
             engine._events.close_all()

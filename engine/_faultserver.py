@@ -445,7 +445,9 @@ class FaultServer:
                 await stream.send_all(piece)
                 self._stats.sent(path, record, len(piece))
             pos = limit
-            if faults.rate_bps is not None:
+            if faults.rate_bps is not None and pos < send_len:
+                # pace the next chunk; after the last one, hang up at once so the
+                # connection count matches what the client sees
                 await trio.sleep_until(began + pos / faults.rate_bps)
         record.outcome = "short" if send_len < end - start else "complete"
 

@@ -283,32 +283,37 @@ class OpActor:
     async def _attempt_cycle(self) -> None:
         engine = self.engine
         scope = self._host()
-        probe = False
-        if scope is not None:
+        # Slot first, then the breaker: an operation asks the breaker only when it
+        # could really start, so reports of earlier attempts are always counted
+        # before the next permit is decided.
+        while True:
+            slot = self._held_slot or await engine._scheduler.acquire(scope)
+            self._held_slot = None
+            if scope is None:
+                break
             self._breaker_scope = scope
-            while True:
+            try:
                 answer = await engine._breaker.permit(scope, self.id, bypass=self._bypass_breaker)
-                if isinstance(answer, Go):
-                    probe = answer.probe
-                    break
-                if self._held_slot is not None:
-                    self._held_slot.release()
-                    self._held_slot = None
-                wait_error = error("E_CIRCUIT_OPEN", f"the circuit breaker for {scope} is open; "
-                                   "waiting for it to let a probe through")
-                changed = self.next_retry_at != answer.until_wall
-                self.next_retry_at = answer.until_wall
-                if self.status is not R:
-                    self._set_status(R, error=wait_error)
-                    self.save()
-                elif changed or self.error is None or self.error.code != "E_CIRCUIT_OPEN":
-                    self._note_wait(wait_error)
-                await answer.wake.wait()
+            except BaseException:
+                slot.release()
+                raise
+            if isinstance(answer, Go):
+                break
+            slot.release()
+            wait_error = error("E_CIRCUIT_OPEN", f"the circuit breaker for {scope} is open; "
+                               "waiting for it to let a probe through")
+            changed = self.next_retry_at != answer.until_wall
+            self.next_retry_at = answer.until_wall
+            if self.status is not R:
+                self._set_status(R, error=wait_error)
+                self.save()
+            elif changed or self.error is None or self.error.code != "E_CIRCUIT_OPEN":
+                self._note_wait(wait_error)
+            await answer.wake.wait()
         self._bypass_breaker = False
-        slot = self._held_slot or await engine._scheduler.acquire(scope)
-        self._held_slot = None
         ctx: AttemptContext | None = None
         outcome: AttemptFailed | None = None
+        finished = False
         try:
             run_as = self._run_as or (I if self.retries == 0 and self.status is not R else R)
             self._run_as = None
@@ -323,14 +328,18 @@ class OpActor:
                 outcome = classify_exception(exc)
                 if outcome.error.code == "E_INTERNAL":
                     log.exception("op %s: attempt raised an unexpected error", self.id)
+            finished = True
         finally:
+            if scope is not None:
+                if finished:
+                    # reported before the slot frees, so the next permit sees it
+                    engine._breaker.report(scope, self.id, _breaker_outcome(outcome, ctx))
+                else:
+                    engine._breaker.forget(scope, self.id)  # cancelled: give a probe back
+                self._breaker_scope = None
             slot.release()
             if ctx is not None:
                 engine._account(ctx)
-            if scope is not None:
-                self._breaker_scope = None
-        if scope is not None:
-            engine._breaker.report(scope, self.id, _breaker_outcome(outcome, ctx))
         if outcome is None:
             self._succeeded()
         else:
