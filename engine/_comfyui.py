@@ -1,0 +1,483 @@
+"""Project import from a ComfyUI workflow (SPEC 7.1).
+
+A ComfyUI workflow (the JSON the editor saves, and that template workflows
+ship) lists the models its nodes load in ``properties.models``::
+
+    {"nodes": [{"id": 4, "type": "CheckpointLoaderSimple",
+                "properties": {"cnr_id": "comfy-core", "ver": "0.3.41",
+                               "models": [{"name": "sd15.safetensors",
+                                           "url": "https://.../sd15.safetensors",
+                                           "directory": "checkpoints"}]}}, ...],
+     "definitions": {"subgraphs": [{"id": "...", "name": "...", "nodes": [...]}]}}
+
+`plan_import` reads every model entry (top-level nodes, subgraph
+definitions, nested ones too, and the legacy top-level ``models`` list),
+deduplicates them by ``(directory, name)`` and sorts them into what to
+download, what is already present and what is refused. The reader is
+tolerant of what real files contain (nodes without properties, notes,
+groups, links, widget values, extra keys) and strict about safety:
+
+- ``directory`` is a relative path of plain components under
+  ``<comfyui>/models``; ``name`` is one plain file name. Refused: ``..`` and
+  ``.``, absolute paths, backslashes, drive letters and any ``:``, NUL and
+  control characters, separators in ``name``, components Windows would
+  rewrite into something else (trailing dots or spaces).
+- The URL must be one the download kind accepts: ``http`` or ``https`` with
+  a host, no whitespace.
+- A present file (non-empty, at the destination) is skipped, never touched.
+
+The checks are lexical: a symbolic link the user made inside
+``<comfyui>/models`` (a shared model drive, say) is the user's choice and is
+followed, but nothing a workflow says can name a path outside the folder.
+
+Every refusal names the node (id and type, and the subgraph it is in), so a
+user can find it in the editor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._download import _validate_url, redact_url
+from ._errors import RefusedError
+from ._specs import DownloadSpec, ProjectSpec
+
+__all__ = [
+    "Conflict",
+    "ImportPlan",
+    "ModelEntry",
+    "NodeRef",
+    "RefusedEntry",
+    "import_project_name",
+    "load_workflow",
+    "plan_import",
+    "project_from_workflow",
+    "project_from_workflow_data",
+]
+
+#: Node pack of ComfyUI's built-in nodes: not reported.
+CORE_PACK = "comfy-core"
+#: Largest workflow file read (template workflows are well under 1 MiB).
+MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
+_MAX_DEPTH = 32  # subgraphs inside subgraphs
+_MAX_COMPONENT_BYTES = 255
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@attrs.frozen(kw_only=True)
+class NodeRef:
+    """Where an entry came from: a node (id and type), and the subgraph holding it."""
+
+    id: Any
+    type: str
+    subgraph: str | None = None
+
+    def __str__(self) -> str:
+        where = f" in subgraph {self.subgraph!r}" if self.subgraph else ""
+        return f"node {self.id} ({self.type}){where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "subgraph": self.subgraph}
+
+
+#: The legacy top-level ``models`` list of a workflow is not on any node.
+WORKFLOW_REF = NodeRef(id=None, type="workflow models list")
+
+
+@attrs.frozen(kw_only=True)
+class ModelEntry:
+    """A model the workflow needs, and where it goes (``dest`` is absolute)."""
+
+    node: NodeRef
+    directory: str
+    name: str
+    url: str
+    dest: str
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node.to_dict(), "directory": self.directory, "name": self.name,
+                "url": redact_url(self.url), "dest": self.dest, "sha256": self.sha256}
+
+
+@attrs.frozen(kw_only=True)
+class RefusedEntry:
+    """A model entry that is never downloaded, and why."""
+
+    node: NodeRef
+    reason: str
+    name: Any = None
+    directory: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node.to_dict(), "reason": self.reason,
+                "name": _jsonable(self.name), "directory": _jsonable(self.directory)}
+
+
+@attrs.frozen(kw_only=True)
+class Conflict:
+    """Two entries for one ``(directory, name)`` with different URLs: the first one wins."""
+
+    node: NodeRef
+    directory: str
+    name: str
+    url: str
+    kept_node: NodeRef
+    kept_url: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node.to_dict(), "directory": self.directory, "name": self.name,
+                "url": redact_url(self.url), "kept_node": self.kept_node.to_dict(),
+                "kept_url": redact_url(self.kept_url)}
+
+
+@attrs.frozen(kw_only=True)
+class ImportPlan:
+    """What importing a workflow into a ComfyUI folder does.
+
+    ``downloads`` are missing models, in workflow order; ``skipped`` are
+    present already; ``refused`` are never downloaded; ``conflicts`` are
+    later entries that disagreed with the first one about the URL;
+    ``node_packs`` maps each custom node pack (``cnr_id``) to its version.
+    """
+
+    comfyui_dir: str
+    downloads: tuple[ModelEntry, ...]
+    skipped: tuple[ModelEntry, ...]
+    refused: tuple[RefusedEntry, ...]
+    conflicts: tuple[Conflict, ...]
+    node_packs: dict[str, str | None]
+
+    @property
+    def models_dir(self) -> str:
+        return str(Path(self.comfyui_dir) / "models")
+
+    def steps(self) -> list[DownloadSpec]:
+        """One download step per missing model."""
+        return [DownloadSpec(url=e.url, dest=e.dest, sha256=e.sha256) for e in self.downloads]
+
+    def project(self, name: str) -> ProjectSpec:
+        """The project that downloads the missing models."""
+        return ProjectSpec(name=name, steps=list(self.steps()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON (URLs with credentials redacted)."""
+        return {
+            "comfyui": self.comfyui_dir,
+            "models_dir": self.models_dir,
+            "download": [e.to_dict() for e in self.downloads],
+            "skip": [e.to_dict() for e in self.skipped],
+            "refused": [e.to_dict() for e in self.refused],
+            "conflicts": [c.to_dict() for c in self.conflicts],
+            "node_packs": dict(self.node_packs),
+        }
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def _bad_workflow(message: str) -> RefusedError:
+    return RefusedError("E_INVALID_INPUT", message, field="workflow")
+
+
+def load_workflow(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a workflow file; a file that is not a workflow object is refused."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_WORKFLOW_BYTES + 1)
+    except OSError as exc:
+        raise _bad_workflow(f"cannot read the workflow {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_WORKFLOW_BYTES:
+        raise _bad_workflow(f"the workflow {path} is larger than {MAX_WORKFLOW_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad_workflow(f"the workflow {path} is not valid JSON: {exc}") from None
+    _check_shape(data, str(path))
+    return data
+
+
+def _check_shape(data: Any, what: str) -> None:
+    if not isinstance(data, Mapping):
+        raise _bad_workflow(f"the workflow {what} is not a JSON object")
+    if "nodes" not in data and "models" not in data:
+        if data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+            raise _bad_workflow(
+                f"{what} is an API-format prompt, which does not list model URLs; "
+                "save the workflow from the ComfyUI editor (Workflow > Save) instead")
+        raise _bad_workflow(f"{what} is not a ComfyUI workflow: it has no 'nodes' list")
+    if "nodes" in data and not isinstance(data["nodes"], list):
+        raise _bad_workflow(f"{what}: 'nodes' is not a list")
+
+
+def _iter_graph_nodes(graph: Mapping[str, Any], subgraph: str | None, depth: int,
+                      seen: set[int]) -> Iterator[tuple[Any, str | None]]:
+    """``(node, subgraph label)`` for every node of ``graph`` and of the subgraphs it defines."""
+    nodes = graph.get("nodes")
+    if isinstance(nodes, list):
+        for node in nodes:
+            yield node, subgraph
+    definitions = graph.get("definitions")
+    subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
+    if not isinstance(subgraphs, list) or depth >= _MAX_DEPTH:
+        return
+    for sub in subgraphs:
+        if not isinstance(sub, dict) or id(sub) in seen:
+            continue
+        seen.add(id(sub))
+        label = sub.get("name") if isinstance(sub.get("name"), str) and sub.get("name") else sub.get("id")
+        yield from _iter_graph_nodes(sub, str(label) if label is not None else "?", depth + 1, seen)
+
+
+def _node_ref(node: Mapping[str, Any], subgraph: str | None) -> NodeRef:
+    node_id = node.get("id")
+    if not isinstance(node_id, (int, str)) or isinstance(node_id, bool):
+        node_id = "?"
+    node_type = node.get("type")
+    return NodeRef(id=node_id, type=node_type if isinstance(node_type, str) and node_type else "?",
+                   subgraph=subgraph)
+
+
+def _iter_model_entries(workflow: Mapping[str, Any]) -> Iterator[tuple[NodeRef, Any]]:
+    """``(node ref, raw entry)`` for every model entry, and ``(ref, reason str)`` for bad lists."""
+    for node, subgraph in _iter_graph_nodes(workflow, None, 0, set()):
+        if not isinstance(node, dict):
+            continue
+        props = node.get("properties")
+        if not isinstance(props, dict):
+            continue
+        models = props.get("models")
+        if models is None:
+            continue
+        ref = _node_ref(node, subgraph)
+        if not isinstance(models, list):
+            yield ref, _NotAList()
+            continue
+        for entry in models:
+            yield ref, entry
+    legacy = workflow.get("models")  # older editors also listed them at the top level
+    if isinstance(legacy, list):
+        for entry in legacy:
+            yield WORKFLOW_REF, entry
+
+
+class _NotAList:
+    """Marker: a node whose ``properties.models`` is neither a list nor null."""
+
+
+def _node_packs(workflow: Mapping[str, Any]) -> dict[str, str | None]:
+    packs: dict[str, str | None] = {}
+    for node, _subgraph in _iter_graph_nodes(workflow, None, 0, set()):
+        props = node.get("properties") if isinstance(node, dict) else None
+        if not isinstance(props, dict):
+            continue
+        cnr_id, ver = props.get("cnr_id"), props.get("ver")
+        if not isinstance(cnr_id, str) or not cnr_id.strip() or cnr_id.strip() == CORE_PACK:
+            continue
+        ver = ver.strip() if isinstance(ver, str) and ver.strip() else None
+        if packs.get(cnr_id.strip()) is None:
+            packs[cnr_id.strip()] = ver
+    return dict(sorted(packs.items()))
+
+
+# --- safety -----------------------------------------------------------------------
+
+
+class _Unsafe(ValueError):
+    pass
+
+
+def _check_component(part: str, what: str) -> None:
+    if part in ("", ".", ".."):
+        raise _Unsafe(f"{what} contains {'an empty' if not part else repr(part)} path component")
+    for ch in part:
+        if ch in "/\\":
+            raise _Unsafe(f"{what} contains a path separator {ch!r}")
+        if ch == ":":
+            raise _Unsafe(f"{what} contains ':' (a drive letter or stream name)")
+        if ch == "\x00" or unicodedata.category(ch) in ("Cc", "Cf", "Cs"):
+            raise _Unsafe(f"{what} contains a control character {ch!r}")
+    if part.strip(". ") == "" or part.endswith((".", " ")) or part != part.strip():
+        raise _Unsafe(f"{what} has a component ending in a dot or with surrounding spaces: {part!r}")
+    if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        raise _Unsafe(f"{what} has a component longer than {_MAX_COMPONENT_BYTES} bytes")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise _Unsafe("the model has no file name ('name' must be a non-empty string)")
+    if "/" in name or "\\" in name:
+        raise _Unsafe(f"the name {name!r} contains a path separator; it must be a plain file name")
+    _check_component(name, f"the name {name!r}")
+    return name
+
+
+def _check_directory(directory: Any) -> str:
+    if not isinstance(directory, str) or not directory:
+        raise _Unsafe("the model has no 'directory' (a folder under models/, e.g. 'checkpoints')")
+    if directory.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", directory) or os.path.isabs(directory):
+        raise _Unsafe(f"the directory {directory!r} is an absolute path; it must be a folder under models/")
+    if "\\" in directory:
+        raise _Unsafe(f"the directory {directory!r} contains a backslash")
+    parts = directory.split("/")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # one trailing slash is harmless
+    for part in parts:
+        _check_component(part, f"the directory {directory!r}")
+    return "/".join(parts)
+
+
+def _check_url(url: Any) -> str:
+    try:
+        return _validate_url(url)
+    except RefusedError as exc:
+        raise _Unsafe(exc.message) from None
+
+
+def _check_sha256(entry: Mapping[str, Any]) -> str | None:
+    digest, hash_type = entry.get("hash"), entry.get("hash_type")
+    if digest is None or not isinstance(hash_type, str) or hash_type.strip().lower() != "sha256":
+        return None  # no checksum, or one of a kind the download cannot verify
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.strip()):
+        raise _Unsafe("its sha256 'hash' is not 64 hexadecimal characters")
+    return digest.strip().lower()
+
+
+def _obstacle(models: Path, dest: Path) -> str | None:
+    """Why ``dest`` cannot be written (something not a folder in the way), or None."""
+    if dest.is_dir():
+        return f"a folder is in the way at {dest}"
+    parent = dest.parent
+    while parent != models and models in parent.parents:
+        if os.path.lexists(parent) and not parent.is_dir():
+            return f"{parent} exists and is not a folder"
+        parent = parent.parent
+    return None
+
+
+def _present(dest: Path) -> bool:
+    try:
+        st = dest.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0
+
+
+# --- planning -----------------------------------------------------------------------
+
+
+def plan_import(workflow: Mapping[str, Any] | str | os.PathLike[str],
+                comfyui_dir: str | os.PathLike[str]) -> ImportPlan:
+    """Read ``workflow`` (a parsed workflow or a file) and plan its import into ``comfyui_dir``.
+
+    Raises `RefusedError` (``E_INVALID_INPUT``, field ``workflow`` or
+    ``comfyui``) when the file is not a workflow or the folder is unusable;
+    single bad entries never raise, they are listed in ``refused``.
+    """
+    if isinstance(workflow, (str, os.PathLike)):
+        data: Mapping[str, Any] = load_workflow(workflow)
+    else:
+        _check_shape(workflow, "the workflow")
+        data = workflow
+    root = _comfyui_root(comfyui_dir)
+    models = root / "models"
+
+    downloads: list[ModelEntry] = []
+    skipped: list[ModelEntry] = []
+    refused: list[RefusedEntry] = []
+    conflicts: list[Conflict] = []
+    first: dict[tuple[str, str], ModelEntry] = {}
+    for ref, raw in _iter_model_entries(data):
+        if isinstance(raw, _NotAList):
+            refused.append(RefusedEntry(node=ref, reason="properties.models is not a list"))
+            continue
+        if not isinstance(raw, dict):
+            refused.append(RefusedEntry(node=ref, reason="a model entry is not an object"))
+            continue
+        name, directory = raw.get("name"), raw.get("directory")
+        try:
+            name = _check_name(name)
+            directory = _check_directory(directory)
+            url = _check_url(raw.get("url"))
+            sha = _check_sha256(raw)
+        except _Unsafe as exc:
+            refused.append(RefusedEntry(node=ref, reason=str(exc), name=name, directory=directory))
+            continue
+        key = (directory, name)
+        kept = first.get(key)
+        if kept is not None:
+            if kept.url != url:
+                conflicts.append(Conflict(node=ref, directory=directory, name=name, url=url,
+                                          kept_node=kept.node, kept_url=kept.url))
+            continue
+        dest = models.joinpath(*directory.split("/"), name)
+        obstacle = _obstacle(models, dest)
+        if obstacle is not None:
+            refused.append(RefusedEntry(node=ref, reason=obstacle, name=name, directory=directory))
+            continue
+        entry = ModelEntry(node=ref, directory=directory, name=name, url=url, dest=str(dest), sha256=sha)
+        first[key] = entry
+        (skipped if _present(dest) else downloads).append(entry)
+    return ImportPlan(comfyui_dir=str(root), downloads=tuple(downloads), skipped=tuple(skipped),
+                      refused=tuple(refused), conflicts=tuple(conflicts), node_packs=_node_packs(data))
+
+
+def _comfyui_root(comfyui_dir: str | os.PathLike[str]) -> Path:
+    raw = os.fspath(comfyui_dir)
+    if not isinstance(raw, str) or not raw.strip() or "\x00" in raw:
+        raise RefusedError("E_INVALID_INPUT", "the ComfyUI folder must be a non-empty path", field="comfyui")
+    root = Path(os.path.abspath(Path(raw).expanduser()))
+    if os.path.lexists(root) and not root.is_dir():
+        raise RefusedError("E_INVALID_INPUT", f"{root} is not a folder", field="comfyui")
+    models = root / "models"
+    if os.path.lexists(models) and not models.is_dir():
+        raise RefusedError("E_INVALID_INPUT", f"{models} is not a folder", field="comfyui")
+    return root
+
+
+# --- projects -------------------------------------------------------------------------
+
+
+def import_project_name(workflow_path: str | os.PathLike[str], comfyui_dir: str | os.PathLike[str]) -> str:
+    """``import:<stem>@<key>``: the same for the same workflow file and ComfyUI folder.
+
+    The key hashes both absolute paths, so a rerun of the same import takes
+    over the project it recorded, while the same file name imported into
+    another folder (or another file of the same name) is another project.
+    """
+    wf = os.path.abspath(Path(os.fspath(workflow_path)).expanduser())
+    root = os.path.abspath(Path(os.fspath(comfyui_dir)).expanduser())
+    key = hashlib.sha256(f"{wf}\0{root}".encode()).hexdigest()[:10]
+    return f"import:{Path(wf).stem}@{key}"
+
+
+def project_from_workflow(path: str | os.PathLike[str], comfyui_dir: str | os.PathLike[str]) -> ProjectSpec:
+    """The project that downloads the missing models of the workflow file ``path``.
+
+    Refused entries are left out (see `plan_import` to list them); the name
+    is `import_project_name`, stable for the same file and folder.
+    """
+    return plan_import(path, comfyui_dir).project(import_project_name(path, comfyui_dir))
+
+
+def project_from_workflow_data(workflow: Mapping[str, Any], comfyui_dir: str | os.PathLike[str],
+                               name: str) -> ProjectSpec:
+    """The same from an already parsed workflow (the control channel's ``import``)."""
+    return plan_import(workflow, comfyui_dir).project(name)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
