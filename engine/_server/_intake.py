@@ -1,0 +1,157 @@
+"""Turning a ``POST /api/operations`` body into a spec, refusing what a caller may not ask.
+
+Downloads are always accepted, but only into ``download_root``; installs and
+projects run commands, so they need ``--allow-installs`` (403 ``E_FORBIDDEN``
+otherwise) and a registered kind. Unknown fields are refused naming the field
+(``steps[2].argv`` inside a project).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .._convert import converter
+from .._engine import Engine
+from .._errors import RefusedError
+from .._specs import DownloadSpec, InstallSpec, ProjectSpec
+
+__all__ = ["spec_from_json"]
+
+_COMMAND_KINDS = ("install", "project")
+
+
+def _invalid(message: str, field: str | None) -> RefusedError:
+    return RefusedError("E_INVALID_INPUT", message, field=field)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in attrs.fields(cls)}
+
+
+def _check_fields(body: dict[str, Any], cls: type, prefix: str = "") -> None:
+    allowed = _field_names(cls) | {"kind"}
+    for name in body:
+        if name not in allowed:
+            raise _invalid(f"unknown field {prefix}{name!r} for a {cls.kind} operation",  # type: ignore[attr-defined]
+                           f"{prefix}{name}")
+    for f in attrs.fields(cls):
+        if f.default is attrs.NOTHING and f.name not in body:
+            raise _invalid(f"missing field {prefix}{f.name!r}", f"{prefix}{f.name}")
+
+
+def _check_download_dest(engine: Engine, spec: DownloadSpec, prefix: str) -> DownloadSpec:
+    """Validate with the download kind and refuse a destination outside ``download_root``."""
+    from .._download import dest_within_root
+
+    if "download" not in engine.kinds.names():
+        raise _invalid("this engine has no download kind", f"{prefix}kind")
+    root = engine.settings.download_root_path
+    outside = _invalid(f"the destination must be inside the download root {root}", f"{prefix}dest")
+    if spec.dest is not None and not dest_within_root(spec.dest, root):
+        raise outside
+    try:
+        validated = engine.kinds.get("download").validate(spec, engine.settings)
+    except RefusedError as exc:
+        if prefix and exc.field:
+            exc.field = prefix + exc.field
+        raise
+    if not dest_within_root(validated.dest, root):
+        raise outside
+    return validated  # type: ignore[no-any-return]
+
+
+def _structure(body: dict[str, Any], cls: type, prefix: str = "") -> Any:
+    data = {k: v for k, v in body.items() if k != "kind"}
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:  # noqa: BLE001 - cattrs reports shape errors as groups
+        field = _first_bad_field(exc)
+        raise _invalid(f"invalid {prefix}{field or 'body'}: {_short(exc)}",
+                       f"{prefix}{field}" if field else None) from None
+
+
+def _first_bad_field(exc: BaseException) -> str | None:
+    note = next((n for n in getattr(exc, "__notes__", []) if "attribute" in n), None)
+    if note is not None and "'" in note:
+        return note.split("'")[1]
+    for sub in getattr(exc, "exceptions", ()):
+        found = _first_bad_field(sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    while getattr(exc, "exceptions", None):
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return str(exc) or type(exc).__name__
+
+
+def _download(engine: Engine, body: dict[str, Any], prefix: str = "") -> DownloadSpec:
+    _check_fields(body, DownloadSpec, prefix)
+    url = body.get("url")
+    if not isinstance(url, str):
+        raise _invalid("url must be a string", f"{prefix}url")
+    headers = body.get("headers")
+    if headers is not None and not (isinstance(headers, dict)
+                                    and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())):
+        raise _invalid("headers must map names to string values", f"{prefix}headers")
+    for name in ("dest", "sha256"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _invalid(f"{name} must be a string", f"{prefix}{name}")
+    spec = DownloadSpec(url=url, dest=body.get("dest"), sha256=body.get("sha256"), headers=dict(headers or {}))
+    return _check_download_dest(engine, spec, prefix)
+
+
+def _install(body: dict[str, Any], prefix: str = "") -> InstallSpec:
+    _check_fields(body, InstallSpec, prefix)
+    argv = body.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise _invalid("argv must be a non-empty list of strings (never a shell string)", f"{prefix}argv")
+    return _structure(body, InstallSpec, prefix)  # type: ignore[no-any-return]
+
+
+def _project(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
+    _check_fields(body, ProjectSpec)
+    if not isinstance(body.get("name"), str) or not body["name"]:
+        raise _invalid("name must be a non-empty string", "name")
+    steps = body.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise _invalid("steps must be a non-empty list", "steps")
+    built: list[Any] = []
+    for i, step in enumerate(steps):
+        prefix = f"steps[{i}]."
+        if not isinstance(step, dict):
+            raise _invalid(f"step {i} must be an object", f"steps[{i}]")
+        kind = step.get("kind")
+        if kind == "download":
+            built.append(_download(engine, step, prefix))
+        elif kind == "install":
+            built.append(_install(step, prefix))
+        else:
+            raise _invalid(f"step {i}: kind must be 'download' or 'install', not {kind!r}", f"{prefix}kind")
+    return ProjectSpec(name=body["name"], steps=built)
+
+
+def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
+    """The spec a JSON body asks for, or `RefusedError` (``E_INVALID_INPUT`` / ``E_FORBIDDEN``)."""
+    if not isinstance(body, dict):
+        raise _invalid("the body must be a JSON object", None)
+    kind = body.get("kind", "download")
+    if not isinstance(kind, str):
+        raise _invalid("kind must be a string", "kind")
+    if kind == "download":
+        return _download(engine, body)
+    if kind in _COMMAND_KINDS:
+        if not allow_installs:
+            raise RefusedError("E_FORBIDDEN",
+                               f"{kind} operations run commands; this server accepts them only when "
+                               "started with --allow-installs", field="kind")
+        if kind not in engine.kinds.names():
+            raise _invalid(f"the {kind} kind is not available in this engine", "kind")
+        if kind == "install":
+            return _install(body)
+        return _project(engine, body)
+    raise _invalid(f"unknown operation kind {kind!r} (expected download, install or project)", "kind")
