@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
@@ -73,8 +73,15 @@ async def run_specs(
     json_mode: bool = False,
     engine_kwargs: dict[str, Any] | None = None,
     on_ready: Callable[[Engine], None] | None = None,
+    prepare: Callable[[Engine, list[Any]], Awaitable[list[Any]]] | None = None,
 ) -> int:
-    """Submit ``specs``, show them until each is settled, return the exit code."""
+    """Submit ``specs``, show them until each is settled, return the exit code.
+
+    ``prepare`` (async) sees the running engine before anything is submitted
+    and returns what to run instead: specs to submit, or recorded
+    `Operation` views to follow as they are (e.g. a project that already
+    succeeded). A `RefusedError` from it is a usage error.
+    """
     with trio.open_signal_receiver(signal.SIGINT) as sigint:
         async with open_engine(state_dir, overrides=overrides, **(engine_kwargs or {})) as eng:
             if on_ready is not None:
@@ -82,8 +89,9 @@ async def run_specs(
             sub = eng.subscribe_nowait() if json_mode else None
             ids: list[str] = []
             try:
-                for spec in specs:
-                    op = await eng.submit(spec)
+                todo = list(specs) if prepare is None else await prepare(eng, list(specs))
+                for spec in todo:
+                    op = spec if isinstance(spec, Operation) else await eng.submit(spec)
                     op = await _take_over(eng, op)
                     ids.append(op.id)
             except RefusedError as exc:
