@@ -1,0 +1,140 @@
+"""``WS /api/events``: a snapshot first, then the engine's events in order (SPEC 9, 14)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from engine._scripted import ScriptedSpec
+from engine.testing import Faults
+
+EVENT_TYPES = {"submitted", "status", "progress", "retry_scheduled", "breaker", "stats", "snapshot_corrupt",
+               "settings"}
+
+
+def ws_url(api: Any) -> str:
+    return api.url.replace("http://", "ws://") + "/api/events"
+
+
+def bearer(api: Any) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {api.token}".encode())]
+
+
+async def next_event(ws: Any, timeout: float = 3.0) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())  # type: ignore[no-any-return]
+
+
+async def test_recovered_download_events_in_order(api, faults):
+    """One download that drops once: snapshot, submitted, in_progress, recovering + retry_scheduled, success."""
+    faults.add_file("/drop.bin", size=300_000, faults=Faults(drop_after=100_000, drop_times=1))
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        snapshot = await next_event(ws)
+        assert snapshot["type"] == "snapshot"
+        assert snapshot["operations"] == []
+        assert snapshot["stats"]["total_operations"] == 0
+        response = await api.client.post("/api/operations", json={
+            "kind": "download", "url": f"{faults.base_url}/drop.bin", "dest": "drop.bin"})
+        op_id = response.json()["id"]
+        seen: list[tuple[str, str | None]] = []
+        events: list[dict[str, Any]] = []
+        while True:
+            ev = await next_event(ws)
+            assert ev["type"] in EVENT_TYPES and isinstance(ev["ts"], float)
+            if ev.get("op_id") != op_id:
+                continue
+            events.append(ev)
+            seen.append((ev["type"], ev.get("status")))
+            if ev.get("status") == "success":
+                break
+    wanted = [("submitted", None), ("status", "in_progress"), ("status", "recovering"),
+              ("retry_scheduled", None), ("status", "success")]
+    it = iter(seen)
+    assert all(step in it for step in wanted), seen  # in this order, other events in between
+    assert seen[0] == ("submitted", None)
+    assert events[0]["kind"] == "download" and events[0]["spec"]["dest"].endswith("drop.bin")
+    retry = next(e for e in events if e["type"] == "retry_scheduled")
+    assert (retry["attempt"], retry["max_retries"]) == (1, 5)
+    assert retry["error"]["code"] == "E_NET_INTERRUPTED" and retry["next_retry_at"] > retry["ts"]
+    recovering = next(e for e in events if e.get("status") == "recovering")
+    assert recovering["previous"] == "in_progress" and recovering["error"]["retryable"] is True
+
+
+async def test_snapshot_shows_existing_operations(api):
+    """A client connecting later gets the operations and statistics as they are now."""
+    op = await api.engine.submit(ScriptedSpec(name="waiting", script=["hang"]))
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        snapshot = await next_event(ws)
+    assert snapshot["type"] == "snapshot"
+    assert [o["id"] for o in snapshot["operations"]] == [op.id]
+    assert snapshot["operations"][0]["spec"]["name"] == "waiting"
+    assert snapshot["stats"]["total_operations"] == 1
+
+
+async def test_cookie_authenticates_the_websocket(api):
+    """The dashboard's cookie is enough for the WebSocket (no Authorization header)."""
+    cookie = f"recovery_token_{api.port}={api.token}".encode()
+    async with open_websocket_url(ws_url(api), extra_headers=[(b"cookie", cookie)]) as ws:
+        assert (await next_event(ws))["type"] == "snapshot"
+
+
+async def test_websocket_without_token_is_refused(api):
+    """A handshake without the token is refused (401) before any event is sent."""
+    try:
+        async with open_websocket_url(ws_url(api)):
+            raise AssertionError("the handshake should have been refused")
+    except ConnectionRejected as exc:
+        assert exc.status_code == 401
+
+
+async def test_subscription_released_when_the_client_leaves(api, poll):
+    """Closing the socket releases the engine subscription (nothing keeps queueing for it)."""
+    bus = api.engine._events
+    before = bus.subscriber_count
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        await next_event(ws)
+        assert bus.subscriber_count == before + 1
+    await poll(lambda: bus.subscriber_count == before)
+
+
+async def test_slow_client_never_slows_the_engine(api, poll):
+    """A client that reads nothing does not hold operations back; later it still gets every status event."""
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api), message_queue_size=0) as ws:
+        ops = [await api.engine.submit(ScriptedSpec(name=f"op{i}", script=["progress:100+progress:100+ok"]))
+               for i in range(10)]
+        for op in ops:
+            await api.wait_status(op.id, "success")
+        successes: set[str] = set()
+        while len(successes) < len(ops):
+            ev = await next_event(ws)
+            if ev["type"] == "status" and ev["status"] == "success":
+                successes.add(ev["op_id"])
+    assert successes == {op.id for op in ops}
+
+
+async def test_oversized_client_message_closes_the_socket(api):
+    """A client message over 64 KiB closes the WebSocket (1009, message too big)."""
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        await next_event(ws)
+        await ws.send_message("x" * (64 * 1024 + 1))
+        with trio.fail_after(3):
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as exc:
+                assert exc.reason.code == 1009
+
+
+async def test_small_client_messages_are_ignored(api):
+    """Ordinary client messages (e.g. a keep-alive) do not disturb the stream."""
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        await next_event(ws)
+        await ws.send_message('{"type": "ping"}')
+        op = await api.engine.submit(ScriptedSpec(name="after-ping"))
+        while True:
+            ev = await next_event(ws)
+            if ev.get("op_id") == op.id and ev["type"] == "submitted":
+                break
