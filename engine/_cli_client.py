@@ -157,7 +157,10 @@ def _esc(text: Any) -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # piped: whole lines for grep and friends, no colour
+        console = Console(highlight=False, soft_wrap=False, width=max(console.width, 160), no_color=True)
+    return console
 
 
 def _print_json(data: Any) -> None:
@@ -187,10 +190,11 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def _name(op: dict[str, Any]) -> str:
+def _name(op: dict[str, Any], *, short: bool = False) -> str:
     spec = op.get("spec") or {}
     if op.get("kind") == "download":
-        return str(spec.get("dest") or spec.get("url") or "")
+        dest = str(spec.get("dest") or spec.get("url") or "")
+        return Path(dest).name if short and spec.get("dest") else dest
     if spec.get("name"):
         return str(spec["name"])
     if isinstance(spec.get("argv"), list):
@@ -233,10 +237,11 @@ def _show_operations(ops: list[dict[str, Any]]) -> None:
         console.print("no operations")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "KIND", "STATUS", "PROGRESS", "RATE", "RECOVERY", "NAME / ERROR"):
-        table.add_column(column, overflow="fold")
+    for column in ("ID", "KIND", "STATUS", "PROGRESS", "RATE", "RECOVERY"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("NAME / ERROR", overflow="fold")
     for op in ops:
-        name = _esc(_name(op))
+        name = _esc(_name(op, short=True))
         if op.get("error") and op.get("status") in ("recovering", "failed", "exhausted"):
             name += f"\n[red]{op['error']['code']}[/]: {_esc(op['error']['message'])}"
         rate = f"{_size(op.get('rate_bps'))}/s" if op.get("status") == "in_progress" and op.get("rate_bps") else "-"
