@@ -275,6 +275,10 @@ class Engine:
         def step_finished() -> None:
             op.retries = 0
             op.integrity_retry_used = False
+            if op.status is Status.RECOVERING:
+                # the retried step is done: the next one starts afresh (SPEC 7: the
+                # project's status and attempt counter are the running step's)
+                op._set_status(Status.IN_PROGRESS)
             op.save()
 
         return step_finished
