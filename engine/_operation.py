@@ -77,6 +77,7 @@ class OpActor:
     _held_slot: Any = None
     _breaker_scope: str | None = None
     _last_progress_emit: float = -math.inf
+    _emitted_step: tuple[Any, Any] = (None, None)
     _first_failure_clock: float | None = None  # trio time, exact under a mock clock
     _rate_sample: tuple[float, int] | None = None
     changed: trio.Event = attrs.Factory(trio.Event)
@@ -427,8 +428,12 @@ class OpActor:
             self._rate_sample = (now, bytes_done)
         if bytes_total is not None and self.rate_bps > 0:
             self.eta_s = round(max(0, bytes_total - bytes_done) / self.rate_bps, 1)
-        if now - self._last_progress_emit >= _PROGRESS_INTERVAL_S:
+        # A project's move to another step is always published (not throttled
+        # away), so a display never shows a finished step as the running one.
+        step = (self.extra.get("step"), self.extra.get("steps_done"))
+        if now - self._last_progress_emit >= _PROGRESS_INTERVAL_S or step != self._emitted_step:
             self._last_progress_emit = now
+            self._emitted_step = step
             self.engine._events.publish(
                 "progress", self.id, bytes_done=bytes_done, bytes_total=bytes_total,
                 rate_bps=round(self.rate_bps, 1), eta_s=self.eta_s, **self.extra,
