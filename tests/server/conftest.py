@@ -7,6 +7,12 @@ deadline instead of sleeping for a guessed time.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -122,3 +128,89 @@ async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], 
             if result:
                 return
             await trio.sleep(0.01)
+
+
+# --- `recovery serve` as a real process --------------------------------------------------------
+
+_START_TIMEOUT_S = 15
+
+
+@attrs.define
+class ServeProcess:
+    proc: subprocess.Popen[str]
+    state_dir: Path
+    root: Path
+    url: str
+    link: str
+    banner: list[str]
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
+
+    def submit(self, url: str, dest: str) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/api/operations", json={"kind": "download", "url": url, "dest": dest},
+                              headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def wait_status(self, op_id: str, *statuses: str, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            op = httpx.get(f"{self.url}/api/operations/{op_id}",
+                           headers={"Authorization": f"Bearer {self.token}"}, timeout=5).json()
+            if op.get("status") in statuses or time.monotonic() > deadline:
+                assert op.get("status") in statuses, op
+                return op  # type: ignore[no-any-return]
+            time.sleep(0.02)
+
+
+def _start_serve(state_dir: Path, root: Path, *extra: str) -> ServeProcess:
+    """Start ``python -m engine serve --port 0`` and read the link it prints."""
+    root.mkdir(parents=True, exist_ok=True)
+    stderr_path = root.parent / f"serve-{time.monotonic_ns()}.stderr"
+    with open(stderr_path, "w") as stderr:  # a file, so a chatty server can never block on a full pipe
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--port", "0", "--state-dir", str(state_dir),
+             "--set", f"download_root={root}", *extra],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=root,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    watchdog = threading.Timer(_START_TIMEOUT_S, proc.kill)
+    watchdog.start()
+    banner: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            banner.append(line.rstrip("\n"))
+            if line.startswith("Dashboard: "):
+                break
+        else:
+            raise AssertionError(f"serve exited without a link: {banner} {stderr_path.read_text()}")
+    finally:
+        watchdog.cancel()
+    link = banner[-1].removeprefix("Dashboard: ")
+    url = link.split("/?token=")[0]
+    return ServeProcess(proc, state_dir, root, url, link, banner)
+
+
+def _stop_serve(server: ServeProcess, signum: int = signal.SIGINT) -> int:
+    server.proc.send_signal(signum)
+    try:
+        return server.proc.wait(timeout=10)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def start_serve() -> Callable[..., ServeProcess]:
+    """``start_serve(state_dir, root, *extra_args)``: run ``python -m engine serve --port 0``."""
+    return _start_serve
+
+
+@pytest.fixture(scope="session")
+def stop_serve() -> Callable[..., int]:
+    """``stop_serve(server, signum=SIGINT)``: stop it and return its exit code."""
+    return _stop_serve

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
 from typing import Any, Iterator
 
-import attrs
-import httpx
 import pytest
 
 from engine._cli import main
@@ -23,78 +18,6 @@ SECTION_10 = {
     "retry_attempts", "success_operations", "active_operations", "bytes_downloaded", "bytes_discarded",
     "errors_by_code", "breaker_trips",
 }
-_START_TIMEOUT_S = 15
-
-
-@attrs.define
-class ServeProcess:
-    proc: subprocess.Popen[str]
-    state_dir: Path
-    root: Path
-    url: str
-    link: str
-    banner: list[str]
-
-    @property
-    def token(self) -> str:
-        return (self.state_dir / "token").read_text().strip()
-
-    def submit(self, url: str, dest: str) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/api/operations", json={"kind": "download", "url": url, "dest": dest},
-                              headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
-        assert response.status_code == 201, response.text
-        return response.json()  # type: ignore[no-any-return]
-
-    def wait_status(self, op_id: str, *statuses: str, timeout: float = 5.0) -> dict[str, Any]:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            op = httpx.get(f"{self.url}/api/operations/{op_id}",
-                           headers={"Authorization": f"Bearer {self.token}"}, timeout=5).json()
-            if op.get("status") in statuses or time.monotonic() > deadline:
-                assert op.get("status") in statuses, op
-                return op  # type: ignore[no-any-return]
-            time.sleep(0.02)
-
-
-def start_serve(state_dir: Path, root: Path, *extra: str) -> ServeProcess:
-    """Start ``python -m engine serve --port 0`` and read the link it prints."""
-    root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--port", "0", "--state-dir", str(state_dir),
-         "--set", f"download_root={root}", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    watchdog = threading.Timer(_START_TIMEOUT_S, proc.kill)
-    watchdog.start()
-    banner: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            banner.append(line.rstrip("\n"))
-            if line.startswith("Dashboard: "):
-                break
-        else:
-            raise AssertionError(f"serve exited without a link: {banner} {proc.stderr.read() if proc.stderr else ''}")
-    finally:
-        watchdog.cancel()
-    link = banner[-1].removeprefix("Dashboard: ")
-    url = link.split("/?token=")[0]
-    return ServeProcess(proc, state_dir, root, url, link, banner)
-
-
-def stop(server: ServeProcess, signum: int = signal.SIGINT) -> int:
-    server.proc.send_signal(signum)
-    try:
-        return server.proc.wait(timeout=10)
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def faults() -> Iterator[FaultServer]:
     server = FaultServer()
@@ -103,14 +26,14 @@ def faults() -> Iterator[FaultServer]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: Any) -> Iterator[ServeProcess]:
+def served(tmp_path_factory: Any, start_serve: Any, stop_serve: Any) -> Iterator[Any]:
     base = tmp_path_factory.mktemp("serve")
     server = start_serve(base / "state", base / "root", "--set", "initial_delay_s=30", "--set", "max_delay_s=30",
                          "--set", "jitter=0")
     try:
         yield server
     finally:
-        stop(server)
+        stop_serve(server)
 
 
 def recovery(capsys: Any, *argv: str) -> tuple[int, str, str]:
@@ -238,19 +161,19 @@ def test_client_as_a_separate_process(served):
     assert "total_operations" in json.loads(result.stdout)
 
 
-def test_ctrl_c_stops_cleanly_with_130(tmp_path):
+def test_ctrl_c_stops_cleanly_with_130(tmp_path, start_serve, stop_serve):
     """Ctrl-C (SIGINT) shuts serve down gracefully: exit 130, server.json removed, state kept."""
     server = start_serve(tmp_path / "state", tmp_path / "root")
     assert (tmp_path / "state" / "server.json").exists()
-    assert stop(server, signal.SIGINT) == 130
+    assert stop_serve(server, signal.SIGINT) == 130
     assert not (tmp_path / "state" / "server.json").exists()
     assert (tmp_path / "state" / "token").exists()
 
 
-def test_sigterm_stops_cleanly_with_0(tmp_path):
+def test_sigterm_stops_cleanly_with_0(tmp_path, start_serve, stop_serve):
     """SIGTERM (a service manager's stop) shuts serve down gracefully with exit 0."""
     server = start_serve(tmp_path / "state", tmp_path / "root")
-    assert stop(server, signal.SIGTERM) == 0
+    assert stop_serve(server, signal.SIGTERM) == 0
     assert not (tmp_path / "state" / "server.json").exists()
 
 

@@ -1,0 +1,191 @@
+"""The Download Dashboard in a real headless Chromium (SPEC section 15).
+
+Drives Debian's ``chromium`` with Playwright's Python package (no browser
+download: ``executable_path``). Skipped only when no chromium binary exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from engine.testing import FaultServer, Faults
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+CHROMIUM = os.environ.get("RECOVERY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium binary at {CHROMIUM}; "
+                                "install Debian's chromium package to run the dashboard in a browser")
+
+
+@pytest.fixture
+def faults() -> Iterator[FaultServer]:
+    server = FaultServer()
+    with server.run_in_thread():
+        yield server
+
+
+@pytest.fixture
+def browser_page() -> Iterator[tuple[Page, list[str]]]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1050})
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            # Refused requests (the 422 the test provokes) are logged by the browser itself; script
+            # errors are not.
+            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+                    if msg.type == "error" and "Failed to load resource" not in msg.text else None)
+            page.set_default_timeout(10_000)
+            yield page, problems
+        finally:
+            browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def submit(server: Any, url: str, dest: str) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/api/operations", json={"kind": "download", "url": url, "dest": dest},
+                          headers={"Authorization": f"Bearer {server.token}"}, timeout=5)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def progress_of(page: Page, row_selector: str) -> float:
+    return float(page.locator(f"{row_selector} .bar").get_attribute("aria-valuenow") or 0)
+
+
+def test_dashboard_drives_a_recovering_download(tmp_path, faults, browser_page, start_serve, stop_serve):
+    """Open the token link, add a download that drops once, watch it recover, use the controls and settings."""
+    page, problems = browser_page
+    server = start_serve(tmp_path / "state", tmp_path / "models-root", "--set", "initial_delay_s=20",
+                         "--set", "max_delay_s=20", "--set", "jitter=0")
+    try:
+        # Some history for the table (and the screenshot): one finished, one failed download.
+        done = submit(server, faults.url("/files/ae.safetensors", size=320 * 1024), "vae/ae.safetensors")
+        missing = submit(server, faults.url("/files/clip_l.safetensors", size=1000, faults=Faults(status=404)),
+                         "clip/clip_l.safetensors")
+
+        page.goto(server.link)
+        assert page.url == f"{server.url}/"  # the token link redirected and left the token out of the URL
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator(f'tr[data-op-id="{done["id"]}"]')).to_have_attribute("data-status", "success")
+        expect(page.locator(f'tr[data-op-id="{missing["id"]}"]')).to_have_attribute("data-status", "failed")
+        expect(page.locator(f'tr[data-op-id="{missing["id"]}"] .error-message')).to_contain_text("E_HTTP_CLIENT")
+        expect(page.locator(f'tr[data-op-id="{missing["id"]}"] .suggestion')).not_to_be_empty()
+
+        # Add a slow, rate-limited download that drops once.
+        url = faults.url("/files/flux1-dev.safetensors", size=4 * MiB,
+                         faults=Faults(rate_bps=1.5 * MiB, drop_after=2 * MiB, drop_times=1))
+        page.fill("#add-url", url)
+        page.fill("#add-dest", "checkpoints/flux1-dev.safetensors")
+        page.click("#add-submit")
+        row_locator = page.locator('tr[data-op-id]:has-text("flux1-dev.safetensors")')
+        expect(row_locator).to_have_count(1)
+        op_id = row_locator.get_attribute("data-op-id")
+        row = f'tr[data-op-id="{op_id}"]'
+
+        # The progress bar advances while it runs, with its rate.
+        expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+        expect(page.locator(f"{row} .rate")).to_contain_text("/s")
+        page.wait_for_function(
+            "sel => Number(document.querySelector(sel + ' .bar').getAttribute('aria-valuenow')) > 3", arg=row)
+        first = progress_of(page, row)
+        page.wait_for_function(
+            "([sel, v]) => Number(document.querySelector(sel + ' .bar').getAttribute('aria-valuenow')) > v",
+            arg=[row, first])
+
+        # The drop: recovering, Attempt 1/5, a live countdown, the error and its suggestion.
+        expect(page.locator(row)).to_have_attribute("data-status", "recovering")
+        expect(page.locator(f"{row} .badge")).to_have_text("Recovering")
+        expect(page.locator(f"{row} .attempt")).to_have_text("Attempt 1/5")
+        countdown = page.locator(f"{row} .countdown")
+        expect(countdown).to_have_text(re.compile(r"Next try in \d+(\.\d)?s"))
+        seconds = float(re.findall(r"[\d.]+", countdown.inner_text())[0])
+        page.wait_for_function("([sel, s]) => { const t = document.querySelector(sel + ' .countdown').textContent;"
+                               " const m = t.match(/[\\d.]+/); return m && Number(m[0]) < s; }",
+                               arg=[row, seconds])
+        expect(page.locator(f"{row} .error-message")).to_contain_text("E_NET_INTERRUPTED")
+        expect(page.locator(f"{row} .suggestion")).to_contain_text("connection")
+        actions = page.locator(f"{row} button[data-action]")
+        expect(actions).to_have_count(5)
+        assert sorted(actions.evaluate_all("bs => bs.map(b => b.dataset.action)")) == \
+            ["cancel", "cancel-recovery", "force-retry", "pause", "retry"]
+
+        # A bad setting is refused at its field.
+        page.fill('input[name="backoff_factor"]', "0.5")
+        page.click("#settings-save")
+        expect(page.locator('.field-error[data-for="backoff_factor"]')).to_contain_text("at least 1")
+        expect(page.locator('input[name="backoff_factor"]')).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#breakers-body tr")).to_have_count(1)
+
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # Retry now skips the 20 s wait.
+        page.click(f"{row} button[data-action=retry]")
+        expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+        expect(page.locator(f"{row} .countdown")).to_have_text("")
+
+        page.click(f"{row} button[data-action=pause]")
+        expect(page.locator(row)).to_have_attribute("data-status", "paused")
+        expect(page.locator(f"{row} .badge")).to_have_text("Paused")
+        expect(page.locator(f"{row} button[data-action]")).to_have_count(2)  # resume, cancel
+        page.click(f"{row} button[data-action=resume]")
+        expect(page.locator(row)).to_have_attribute("data-status", re.compile("pending|in_progress|success"))
+
+        # A good setting is saved (and persisted by the server).
+        page.fill('input[name="backoff_factor"]', "3")
+        page.fill('input[name="max_retries"]', "7")
+        page.click("#settings-save")
+        expect(page.locator("#settings-result")).to_have_text("Saved.")
+        expect(page.locator('.field-error[data-for="backoff_factor"]')).to_have_text("")
+        saved = json.loads((tmp_path / "state" / "settings.json").read_text())
+        assert saved["max_retries"] == 7 and saved["backoff_factor"] == 3.0
+
+        expect(page.locator(row)).to_have_attribute("data-status", "success", timeout=15_000)
+        expect(page.locator('[data-stat="success_operations"] .value')).to_have_text("2")
+        expect(page.locator('[data-stat="recovered_operations"] .value')).to_have_text("1")
+    finally:
+        stop_serve(server)
+    assert problems == []
+
+
+def test_dashboard_reconnects_after_a_server_restart(tmp_path, browser_page, start_serve, stop_serve):
+    """When the server restarts on the same port, the page reconnects by itself and shows live data."""
+    page, problems = browser_page
+    port = str(free_port())
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--port", port)
+    try:
+        page.goto(server.link)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    finally:
+        stop_serve(server)
+    expect(page.locator("#connection")).to_have_attribute("data-state", re.compile("reconnecting|connecting"))
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--port", port)
+    try:
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=15_000)
+        page.fill('input[name="history_limit"]', "500")  # the cookie still works after the restart
+        page.click("#settings-save")
+        expect(page.locator("#settings-result")).to_have_text("Saved.")
+    finally:
+        stop_serve(server)
+    assert [p for p in problems if "WebSocket" not in p] == []
