@@ -1,0 +1,132 @@
+"""``recovery run PROJECT.toml``: run a project file (SPEC sections 7 and 13).
+
+The same display, ``--json`` events and exit codes as ``recovery download``
+(the shared runner). Rerunning the same command takes over the project the
+state directory recorded under the same name: a paused one resumes at its
+first unfinished step, a failed or exhausted one is retried, and one that
+already succeeded is reported complete (exit 0).
+
+`run_project` is the shared part for every command that runs a project
+(``run`` here, ``import`` for ComfyUI workflows): give it a function that
+builds the `ProjectSpec` and the parsed arguments. Commands of this module
+register in ``_COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from ._engine import Engine
+from ._errors import RefusedError
+from ._model import Operation, Status
+from ._projectfile import load_project
+from ._runner import add_common_options, run_cli
+from ._specs import ProjectSpec
+
+__all__ = ["add_parsers", "recorded_project", "run_project", "take_over_project"]
+
+#: What to do when the recorded, unfinished project has other steps than the new one.
+OnChange = Literal["refuse", "take_over"]
+
+
+def add_parsers(sub: Any) -> None:
+    for add in _COMMANDS:
+        add(sub)
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run", help="run a project file (downloads and installs), resuming where it stopped",
+        description="Run the steps of a project file in order. Ctrl-C pauses; run the same command "
+                    "again to continue at the first unfinished step.",
+    )
+    p.add_argument("project", type=Path, metavar="PROJECT.toml", help="the project file (TOML)")
+    add_restart_option(p)
+    add_common_options(p)
+    p.set_defaults(func=_run)
+
+
+def add_restart_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--restart", action="store_true",
+                        help="forget the recorded run of this project and start again from its first step")
+
+
+_COMMANDS: list[Callable[[Any], None]] = [_add_run]
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_project(lambda: load_project(args.project), args)
+
+
+def run_project(make_spec: Callable[[], ProjectSpec], args: argparse.Namespace, *,
+                on_change: OnChange = "refuse") -> int:
+    """Run one project like ``recovery run``: take-over, display, Ctrl-C and exit codes.
+
+    ``make_spec`` runs before the engine starts; a `RefusedError` from it is
+    a usage error (exit 2). ``on_change`` decides what happens when the
+    state directory holds an unfinished run of the same project with other
+    steps: ``"refuse"`` (exit 2, pointing to ``--restart``) or
+    ``"take_over"`` (continue the recorded run as recorded).
+    """
+    restart = bool(getattr(args, "restart", False))
+
+    async def prepare(eng: Engine, specs: list[Any]) -> list[Any]:
+        return await take_over_project(eng, specs[0], on_change=on_change, restart=restart)
+
+    return run_cli(lambda: [make_spec()], args, prepare=prepare)
+
+
+def recorded_project(eng: Engine, spec: ProjectSpec) -> Operation | None:
+    """The latest operation the engine recorded for a project of this name (finished ones too)."""
+    key = eng.kinds.get("project").resource_key(spec)
+    found = [op for op in eng.list() if op.kind == "project" and op.resource == key]
+    return found[-1] if found else None
+
+
+async def take_over_project(eng: Engine, spec: ProjectSpec, *, on_change: OnChange = "refuse",
+                            restart: bool = False) -> list[Any]:
+    """What to run for ``spec``: the spec itself, or the recorded operation to continue or show."""
+    kind = eng.kinds.get("project")
+    checked = kind.validate(spec, eng.settings)
+    recorded = recorded_project(eng, checked)
+    if recorded is None:
+        return [spec]
+    same = recorded.spec == kind.describe(checked)
+    steps = _where(recorded)
+    if recorded.status is Status.SUCCESS:
+        if same and not restart:
+            _say(f"project {checked.name!r} is already complete ({steps}); nothing to do "
+                 f"(--restart runs it again)")
+            return [recorded]
+        return [spec]
+    if restart:
+        _say(f"project {checked.name!r}: forgetting the recorded run ({steps}) "
+             "and starting again from the first step")
+        await eng.cancel(recorded.id)
+        return [spec]
+    if same:
+        return [recorded]
+    if on_change == "take_over":
+        _say(f"project {checked.name!r}: continuing the recorded run ({steps}) "
+             "with the steps it was started with")
+        return [recorded]
+    raise RefusedError(
+        "E_INVALID_STATE",
+        f"project {checked.name!r} has a recorded run with other steps ({steps}); "
+        "run the project unchanged to continue it, or add --restart to start the new steps from the first",
+        field="steps",
+    )
+
+
+def _where(op: Operation) -> str:
+    """``success, 5/5 steps`` or ``paused`` (steps done are known once the run reported them)."""
+    total = len(op.spec.get("steps", []))
+    done = total if op.status is Status.SUCCESS else op.steps_done
+    return op.status.value + (f", {done}/{total} steps done" if done is not None else "")
+
+
+def _say(message: str) -> None:
+    print(f"recovery: {message}", file=sys.stderr)
