@@ -13,6 +13,7 @@ import logging
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -107,8 +108,12 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def build_app(engine: Engine, *, token: str, allow_installs: bool = False) -> Starlette:
-    """The Starlette application for ``engine``; wrap it in `Gate` before serving."""
+def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
+              closing: trio.Event | None = None) -> Starlette:
+    """The Starlette application for ``engine``; wrap it in `Gate` before serving.
+
+    ``closing`` is set when the server starts shutting down (event streams close at once).
+    """
     dashboard = _asset("dashboard.html")
     assets = {name: _asset(name) for name in _ASSETS}
 
@@ -227,7 +232,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False) -> St
         Route("/api/settings", get_settings, methods=["GET"]),
         Route("/api/settings", put_settings, methods=["PUT"]),
         Route("/api/breakers", breakers, methods=["GET"]),
-        WebSocketRoute("/api/events", events_endpoint(engine)),
+        WebSocketRoute("/api/events", events_endpoint(engine, closing)),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})

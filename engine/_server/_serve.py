@@ -108,7 +108,14 @@ async def serve_control(
                     "reach it and has the token controls the engine", host)
         if host.strip("[]") not in ("0.0.0.0", "::", ""):
             names.append(_bind(host, port).rpartition(":")[0])
-    app = Gate(build_app(engine, token=token, allow_installs=allow_installs), token=token, allow_hosts=names)
+    closing = trio.Event()
+
+    async def shutdown() -> None:
+        await (shutdown_trigger or trio.sleep_forever)()
+        closing.set()
+
+    app = Gate(build_app(engine, token=token, allow_installs=allow_installs, closing=closing),
+               token=token, allow_hosts=names)
     config = Config()
     config.bind = [_bind(host, port)]
     config.accesslog = None
@@ -121,7 +128,7 @@ async def serve_control(
     try:
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(
-                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown_trigger or trio.sleep_forever))
+                partial(hypercorn_serve, app, config, shutdown_trigger=shutdown))
             url = _public_url(binds[0], host)
             _write_info(info, url)
             log.info("control channel listening on %s", url)

@@ -43,7 +43,9 @@ def snapshot_message(engine: Engine) -> dict[str, Any]:
     }
 
 
-def events_endpoint(engine: Engine) -> Any:
+def events_endpoint(engine: Engine, closing: trio.Event | None = None) -> Any:
+    """The endpoint; ``closing`` set means the server is shutting down: close with 1001 at once."""
+
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         sub = engine.subscribe_nowait()
@@ -66,7 +68,14 @@ def events_endpoint(engine: Engine) -> Any:
                             break
                     nursery.cancel_scope.cancel()
 
+                async def close_on_shutdown() -> None:
+                    assert closing is not None
+                    await closing.wait()
+                    nursery.cancel_scope.cancel()
+
                 nursery.start_soon(read)
+                if closing is not None:
+                    nursery.start_soon(close_on_shutdown)
                 async for event in sub:
                     await websocket.send_text(dumps(event.to_dict()))
                 nursery.cancel_scope.cancel()  # the engine shut down

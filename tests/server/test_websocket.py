@@ -138,3 +138,32 @@ async def test_small_client_messages_are_ignored(api):
             ev = await next_event(ws)
             if ev.get("op_id") == op.id and ev["type"] == "submitted":
                 break
+
+
+async def test_graceful_shutdown_closes_streams_at_once(tmp_path):
+    """When the shutdown trigger fires, event streams close with 1001 and serve_control returns promptly."""
+    from functools import partial
+
+    from engine import Settings, open_engine
+    from engine._server import serve_control
+
+    stop = trio.Event()
+    async with open_engine(tmp_path / "state", Settings(download_root=str(tmp_path))) as engine:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_control, engine, port=0, shutdown_trigger=stop.wait))
+            token = (engine.state_dir / "token").read_text().strip()
+            async with open_websocket_url(url.replace("http://", "ws://") + "/api/events",
+                                          extra_headers=[(b"authorization", f"Bearer {token}".encode())]) as ws:
+                assert json.loads(await ws.get_message())["type"] == "snapshot"
+                stopped_at = trio.current_time()
+                stop.set()
+                with trio.fail_after(0.5):
+                    try:
+                        await ws.get_message()
+                    except ConnectionClosed as exc:
+                        assert exc.reason.code == 1001
+                    else:
+                        raise AssertionError("the stream should have closed")
+        # serve_control returned well before hypercorn's 1 s graceful timeout: nothing was left hanging.
+        assert trio.current_time() - stopped_at < 0.9
+        assert not (engine.state_dir / "server.json").exists()
