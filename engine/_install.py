@@ -182,7 +182,7 @@ class _Tail:
     _decoder: codecs.IncrementalDecoder = attrs.Factory(lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     _published: float = -math.inf
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         text = self.partial + self._decoder.decode(data)
         *complete, self.partial = text.split("\n")
         for line in complete:

@@ -188,8 +188,6 @@ class ProjectKind:
                 await kind.attempt(sub)
             except AttemptFailed as exc:
                 raise _in_step(exc, i, total, step) from exc
-            except (trio.Cancelled, KeyboardInterrupt):
-                raise
             except Exception as exc:  # noqa: BLE001 - classified here to name the step
                 failed = classify_exception(exc)
                 if failed.error.code == "E_INTERNAL":
