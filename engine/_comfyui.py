@@ -61,6 +61,7 @@ __all__ = [
     "import_project_name",
     "load_workflow",
     "plan_import",
+    "plan_lines",
     "project_from_workflow",
     "project_from_workflow_data",
 ]
@@ -300,7 +301,7 @@ class _Unsafe(ValueError):
 
 def _check_component(part: str, what: str) -> None:
     if part in ("", ".", ".."):
-        raise _Unsafe(f"{what} contains {'an empty' if not part else repr(part)} path component")
+        raise _Unsafe(f"{what} contains {'an empty' if not part else f'a {part!r}'} path component")
     for ch in part:
         if ch in "/\\":
             raise _Unsafe(f"{what} contains a path separator {ch!r}")
@@ -475,6 +476,28 @@ def project_from_workflow_data(workflow: Mapping[str, Any], comfyui_dir: str | o
                                name: str) -> ProjectSpec:
     """The same from an already parsed workflow (the control channel's ``import``)."""
     return plan_import(workflow, comfyui_dir).project(name)
+
+
+def plan_lines(plan: ImportPlan) -> list[str]:
+    """The plan for a person: one line per model, then the node packs."""
+    models = Path(plan.models_dir)
+
+    def where(entry: ModelEntry) -> str:
+        return str(Path(entry.dest).relative_to(models))
+
+    lines = [f"models folder: {models}"]
+    lines += [f"  download  {where(e)}  <- {redact_url(e.url)}  [{e.node}]" for e in plan.downloads]
+    lines += [f"  skip      {where(e)}  (present)  [{e.node}]" for e in plan.skipped]
+    lines += [f"  refused   {e.node}: {e.reason}" for e in plan.refused]
+    lines += [f"  conflict  {c.directory}/{c.name}: {c.node} gives another URL ({redact_url(c.url)}); "
+              f"keeping the one from {c.kept_node}" for c in plan.conflicts]
+    counts = (f"{len(plan.downloads)} to download, {len(plan.skipped)} present, "
+              f"{len(plan.refused)} refused")
+    lines.append(counts + (f", {len(plan.conflicts)} conflicting" if plan.conflicts else ""))
+    if plan.node_packs:
+        packs = ", ".join(f"{pack} {ver}" if ver else pack for pack, ver in plan.node_packs.items())
+        lines.append(f"node packs used (not installed by this command): {packs}")
+    return lines
 
 
 def _jsonable(value: Any) -> Any:
