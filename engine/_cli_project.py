@@ -130,3 +130,76 @@ def _where(op: Operation) -> str:
 
 def _say(message: str) -> None:
     print(f"recovery: {message}", file=sys.stderr)
+
+
+# --- recovery import (SPEC 7.1) ------------------------------------------------------
+
+
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import", help="fetch the models a ComfyUI workflow needs into DIR/models",
+        description="Download the models a ComfyUI workflow lists (properties.models of its nodes and "
+                    "subgraphs) into DIR/models/<directory>/<name>; files already there are skipped. "
+                    "Entries whose name or directory would leave DIR/models, or whose URL is not "
+                    "http(s), are refused and never downloaded; the others still are, and the exit "
+                    "code is 1 at the end. Ctrl-C pauses; run the same command again to resume.",
+    )
+    p.add_argument("workflow", type=Path, metavar="WORKFLOW.json", help="a workflow saved by ComfyUI")
+    p.add_argument("--comfyui", type=Path, required=True, metavar="DIR", help="the ComfyUI folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be downloaded, skipped or refused, and the node packs; no network")
+    add_restart_option(p)
+    add_common_options(p)
+    p.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    import json
+
+    from ._comfyui import import_project_name, plan_import, plan_lines
+
+    comfy = args.comfyui.expanduser()
+    try:
+        if not comfy.is_dir():
+            raise RefusedError("E_INVALID_INPUT", f"the ComfyUI folder {comfy} does not exist", field="comfyui")
+        plan = plan_import(args.workflow, comfy)
+    except RefusedError as exc:
+        print(f"recovery: {exc.message}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(plan.to_dict()) if args.json else "\n".join(plan_lines(plan)), flush=True)
+        return 0
+    if args.json:
+        print(json.dumps({"type": "import_plan", **plan.to_dict()}), flush=True)
+    print("\n".join(plan_lines(plan)), file=sys.stderr, flush=True)
+    name = import_project_name(args.workflow, comfy)
+    if plan.downloads:
+        # A rerun after a crash finds the first models present and plans fewer steps:
+        # the recorded run is continued as it was started (its step resumes from its offset).
+        code = run_project(lambda: plan.project(name), args, on_change="take_over")
+    else:
+        code = run_cli(list, args, prepare=_nothing_missing(name))
+    if code == 0 and plan.refused:
+        _say(f"{len(plan.refused)} model entr{'y was' if len(plan.refused) == 1 else 'ies were'} "
+             "refused (listed above) and not downloaded")
+        return 1
+    return code
+
+
+def _nothing_missing(name: str) -> Callable[[Engine, list[Any]], Any]:
+    """Nothing is missing: an unfinished run recorded for this import is no longer needed."""
+
+    async def prepare(eng: Engine, specs: list[Any]) -> list[Any]:
+        recorded = recorded_project(eng, ProjectSpec(name=name, steps=[]))
+        if recorded is not None and not recorded.terminal:
+            await eng.cancel(recorded.id)  # drops its partial file; finished files stay
+            _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
+                 "needed and was cancelled (finished files stay)")
+        else:
+            _say("nothing to download")
+        return []
+
+    return prepare
+
+
+_COMMANDS.append(_add_import)
