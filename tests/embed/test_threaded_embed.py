@@ -11,6 +11,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def test_two_threads_submit_and_control_at_once(tmp_path: Path) -> None:
             cancelled = [eng.cancel(op.id).status for op in ops[3:]]
             return [eng.wait(op.id, timeout=5).status for op in ops[:3]] + cancelled
 
-        joins = [start(lambda tag=tag: worker(tag)) for tag in ("a", "b")]
+        joins = [start(partial(worker, tag)) for tag in ("a", "b")]
         for join in joins:
             assert join() == [Status.SUCCESS] * 3 + [Status.CANCELLED] * 3
         assert eng.statistics().total_operations == 12
