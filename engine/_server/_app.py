@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 from starlette.applications import Starlette
@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from .._breaker import BreakerState
 from .._engine import Engine
 from .._errors import RefusedError
 from ._intake import spec_from_json
@@ -201,11 +202,13 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
 
     @handled
     async def breakers(request: Request) -> Response:
-        return _json([b.to_dict() for b in await engine.breakers()])
+        states: Sequence[BreakerState] = await engine.breakers()
+        return _json([b.to_dict() for b in states])
 
     @handled
     async def metrics(request: Request) -> Response:
-        text = render_metrics(engine.statistics(), engine.list(), await engine.breakers())
+        states: Sequence[BreakerState] = await engine.breakers()
+        text = render_metrics(engine.statistics(), engine.list(), states)
         return Response(text, media_type=CONTENT_TYPE, headers=_SECURITY_HEADERS)
 
     async def http_error(request: Request, exc: Exception) -> Response:

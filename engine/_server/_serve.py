@@ -114,7 +114,7 @@ async def serve_control(
         await (shutdown_trigger or trio.sleep_forever)()
         closing.set()
 
-    app = Gate(build_app(engine, token=token, allow_installs=allow_installs, closing=closing),
+    app: Any = Gate(build_app(engine, token=token, allow_installs=allow_installs, closing=closing),
                token=token, allow_hosts=names)
     config = Config()
     config.bind = [_bind(host, port)]
