@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from engine._cli import main
@@ -189,3 +190,16 @@ def test_serve_usage_errors_exit_2(tmp_path, capsys):
     """A bad --set or port is a usage error (exit 2) before anything starts."""
     assert recovery(capsys, "serve", "--set", "nonsense=1", "--state-dir", str(tmp_path))[0] == 2
     assert recovery(capsys, "serve", "--port", "70000", "--state-dir", str(tmp_path))[0] == 2
+
+
+def test_binding_beyond_loopback_warns(tmp_path, start_serve, stop_serve):
+    """--host 0.0.0.0 works but prints a warning; the printed link still uses the loopback address."""
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--host", "0.0.0.0")
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        response = httpx.get(f"{server.url}/api/settings", headers={"Authorization": f"Bearer {server.token}"})
+        assert response.status_code == 200
+    finally:
+        stop_serve(server)
+    stderr = next(tmp_path.glob("serve-*.stderr")).read_text()
+    assert "WARNING: listening on 0.0.0.0" in stderr
