@@ -33,6 +33,7 @@ from ._scheduler import Scheduler
 from ._settings import Settings, load_settings, save_settings
 from ._stats import Statistics, StatsCounter
 from ._store import OpSnapshot, SnapshotStore, default_state_dir
+from ._writer import SnapshotWriter
 
 __all__ = ["Engine", "builtin_kinds", "open_engine"]
 
@@ -86,12 +87,15 @@ class Engine:
     _supervisor: Supervisor | None = None
     _scheduler: Scheduler = attrs.field(init=False)
     _breaker: BreakerActor = attrs.field(init=False)
+    _writer: SnapshotWriter = attrs.field(init=False)
     _seq: int = 0
     _stats_dirty: bool = False
     _closed: bool = False
     load_problems: list[Any] = attrs.Factory(list)
+    _succeeded: dict[str, None] = attrs.Factory(dict)  # success ops, oldest first
 
     def __attrs_post_init__(self) -> None:
+        self._writer = SnapshotWriter(self._store)
         self._scheduler = Scheduler(lambda: (self._settings.max_concurrent, self._settings.max_per_host))
         self._breaker = BreakerActor(
             settings=lambda: (self._settings.breaker_failure_threshold, self._settings.breaker_reset_timeout_s,
@@ -206,7 +210,13 @@ class Engine:
         op = self._actor(op_id)
         while not op.view().settled:
             await op.changed.wait()
-        await trio.lowlevel.checkpoint()
+        if op.status is not Status.CANCELLED and self._ops.get(op_id) is op:
+            try:  # when wait returns, the snapshot on disk says so too
+                await self._writer.flush(op.id, op.snapshot)
+            except OSError:
+                pass  # already logged by the writer; the status itself is settled
+        else:
+            await trio.lowlevel.checkpoint()
         return op.view()
 
     async def update_settings(self, **changes: Any) -> Settings:
@@ -266,8 +276,7 @@ class Engine:
 
     def _checkpoint_cb(self, op: OpActor) -> Any:
         async def checkpoint() -> None:
-            op.save()
-            await trio.lowlevel.checkpoint()
+            await self._writer.flush(op.id, op.snapshot)
 
         return checkpoint
 
@@ -295,14 +304,12 @@ class Engine:
         self._stats_dirty = True
 
     def _save(self, op: OpActor) -> None:
-        if op.status is Status.CANCELLED:
+        if op.status is Status.CANCELLED or self._ops.get(op.id) is not op:
             return
-        try:
-            self._store.write(op.snapshot())
-        except OSError as exc:
-            log.error("op %s: could not write its snapshot: %s", op.id, exc)
+        self._writer.mark(op.id, op.snapshot)
 
     def _store_delete(self, op_id: str) -> None:
+        self._writer.discard(op_id)
         try:
             self._store.delete(op_id)
         except OSError as exc:
@@ -322,24 +329,30 @@ class Engine:
         self._publish_status(op, previous)
         if op.status is Status.CANCELLED:
             self._drop(op)
-        elif op.status in FINISHED:
+        elif op.status is Status.SUCCESS:
+            self._succeeded[op.id] = None
             self._trim_history()
 
     def _drop(self, op: OpActor) -> None:
         self._ops.pop(op.id, None)
+        self._succeeded.pop(op.id, None)
         if op.resource is not None and self._by_resource.get(op.resource) == op.id:
             del self._by_resource[op.resource]
         if op.status is not Status.CANCELLED:
             self._store_delete(op.id)
 
     def _trim_history(self) -> None:
+        """Forget the oldest successful operations beyond ``history_limit``.
+
+        Failed and exhausted operations are kept: they still have controls
+        (retry, cancel) and partial data a user may want back.
+        """
         limit = self._settings.history_limit
-        finished = [op for op in self._ops.values() if op.status in FINISHED]
-        if len(finished) <= limit:
-            return
-        finished.sort(key=lambda o: o.updated_at)
-        for op in finished[: len(finished) - limit]:
-            if op.status is Status.SUCCESS:
+        while len(self._succeeded) > limit:
+            op_id = next(iter(self._succeeded))
+            del self._succeeded[op_id]
+            op = self._ops.get(op_id)
+            if op is not None:
                 self._drop(op)
 
     def _breaker_transition(self, scope: str, state: str, previous: str) -> None:
@@ -367,6 +380,8 @@ class Engine:
                                      reason=f"cannot be restored: {exc}")
                 continue
             self._ops[op.id] = op
+            if op.status is Status.SUCCESS:
+                self._succeeded[op.id] = None
             if op.resource is not None and op.status is not Status.SUCCESS:
                 self._by_resource[op.resource] = op.id
             self._seq = max(self._seq, op.seq)
@@ -442,6 +457,7 @@ async def open_engine(
             engine._load()
             async with open_supervisor("engine") as supervisor:
                 engine._supervisor = supervisor
+                await supervisor.start(engine._writer.run, name="writer")
                 await supervisor.start(engine._breaker.run, name="breaker")
                 supervisor.start_soon(engine._stats_loop, name="stats")
                 for op in sorted(engine._ops.values(), key=lambda o: o.seq):
@@ -453,7 +469,7 @@ async def open_engine(
                     engine._closed = True
                     # Operations first (each writes its snapshot on the way out),
                     # then the services they talk to.
-                    services = {"breaker", "stats"}
+                    services = {"breaker", "stats", "writer"}
                     actors = [c for n, c in supervisor.children.items() if n not in services]
                     for child in actors:
                         child.cancel()

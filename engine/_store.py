@@ -142,6 +142,12 @@ class SnapshotStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def ops_fd(self) -> int:
+        """An open descriptor of ``operations/`` (for fsync and syncfs)."""
+        if self._ops_fd is None:
+            raise RuntimeError("the snapshot store is not open")
+        return self._ops_fd
+
     def path_for(self, op_id: str) -> Path:
         return self.ops_dir / f"{op_id}.msgpack"
 
