@@ -97,6 +97,12 @@ _SECRET_QUERY_WORDS = ("token", "secret", "signature", "password", "credential")
 _SECRET_QUERY_PREFIXES = ("x-amz-", "x-goog-")
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
+# read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
+# loopback download. The kernel returns what it has, so a larger request never delays
+# data on a slow link.
+_READ_BYTES = 1024 * 1024
+_STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
 
 
 # --- names, paths and redaction ------------------------------------------------
@@ -402,6 +408,24 @@ def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -
     return False
 
 
+def _widen_reads(response: httpx.Response) -> None:
+    """Let the HTTP/1.1 connection carrying ``response`` read up to `_READ_BYTES` at a time.
+
+    httpcore has no setting for it, so this follows the response's stream down
+    to the connection and sets its ``READ_NUM_BYTES`` on that one instance
+    (never the class: an embedding application's own clients are untouched).
+    Best effort: any other transport (``MockTransport``, HTTP/2) is left alone.
+    """
+    obj: Any = response.stream
+    for _ in range(8):
+        if isinstance(getattr(type(obj), "READ_NUM_BYTES", None), int):
+            obj.READ_NUM_BYTES = _READ_BYTES
+            return
+        obj = next((getattr(obj, name) for name in _STREAM_LINKS if hasattr(obj, name)), None)
+        if obj is None:
+            return
+
+
 _Outcome = Literal["done", "more", "restart"]
 _VALIDATORS = ("etag", "last_modified", "total", "cd_name")
 
@@ -479,6 +503,7 @@ class _Transfer:
             raise classify_exception(exc) from exc
         if response is None:
             raise failure("E_NET_TIMEOUT", f"no response from the server within {wait_s:g} s")
+        _widen_reads(response)
         try:
             return await self._handle(response, offset)
         except (httpx.HTTPError, OSError) as exc:
