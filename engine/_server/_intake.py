@@ -63,30 +63,14 @@ def _check_download_dest(engine: Engine, spec: DownloadSpec, prefix: str) -> Dow
 
 
 def _structure(body: dict[str, Any], cls: type, prefix: str = "") -> Any:
+    """Build ``cls`` with the engine's converter (after the field checks above)."""
     data = {k: v for k, v in body.items() if k != "kind"}
     try:
         return converter.structure(data, cls)
-    except Exception as exc:  # noqa: BLE001 - cattrs reports shape errors as groups
-        field = _first_bad_field(exc)
-        raise _invalid(f"invalid {prefix}{field or 'body'}: {_short(exc)}",
-                       f"{prefix}{field}" if field else None) from None
-
-
-def _first_bad_field(exc: BaseException) -> str | None:
-    note = next((n for n in getattr(exc, "__notes__", []) if "attribute" in n), None)
-    if note is not None and "'" in note:
-        return note.split("'")[1]
-    for sub in getattr(exc, "exceptions", ()):
-        found = _first_bad_field(sub)
-        if found is not None:
-            return found
-    return None
-
-
-def _short(exc: BaseException) -> str:
-    while getattr(exc, "exceptions", None):
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return str(exc) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - cattrs reports shape errors as exception groups
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # type: ignore[assignment]
+        raise _invalid(f"invalid {prefix.rstrip('.') or cls.kind} spec: {exc}", None) from None  # type: ignore[attr-defined]
 
 
 def _download(engine: Engine, body: dict[str, Any], prefix: str = "") -> DownloadSpec:
@@ -110,6 +94,17 @@ def _install(body: dict[str, Any], prefix: str = "") -> InstallSpec:
     argv = body.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise _invalid("argv must be a non-empty list of strings (never a shell string)", f"{prefix}argv")
+    for name in ("cwd", "scope"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _invalid(f"{name} must be a string", f"{prefix}{name}")
+    env = body.get("env")
+    if env is not None and not (isinstance(env, dict)
+                                and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise _invalid("env must map names to string values", f"{prefix}env")
+    timeout = body.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise _invalid("timeout_s must be a number of seconds above 0", f"{prefix}timeout_s")
     return _structure(body, InstallSpec, prefix)  # type: ignore[no-any-return]
 
 

@@ -236,6 +236,10 @@ async def test_install_and_project_with_allow_installs(serve, faults):
                    "E_INVALID_INPUT", "shell")
             _error(await api.client.post("/api/operations", json={"kind": "install", "argv": "rm -rf /"}), 422,
                    "E_INVALID_INPUT", "argv")
+            _error(await api.client.post("/api/operations", json={**body, "timeout_s": "soon"}), 422,
+                   "E_INVALID_INPUT", "timeout_s")
+            _error(await api.client.post("/api/operations", json={**body, "env": {"A": 1}}), 422,
+                   "E_INVALID_INPUT", "env")
         if "project" not in kinds:
             pytest.skip("the project kind is not registered in this engine yet")
         url = faults.url("/files/p.bin", size=1000)
