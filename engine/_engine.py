@@ -210,9 +210,9 @@ class Engine:
         op = self._actor(op_id)
         while not op.view().settled:
             await op.changed.wait()
-        if op.status is not Status.CANCELLED and self._ops.get(op_id) is op:
+        if op.status is not Status.CANCELLED and self._writer.is_dirty(op_id):
             try:  # when wait returns, the snapshot on disk says so too
-                await self._writer.flush(op.id, op.snapshot)
+                await self._writer.flush(op.id, op.snapshot, urgent=False)
             except OSError:
                 pass  # already logged by the writer; the status itself is settled
         else:
@@ -309,9 +309,8 @@ class Engine:
         self._writer.mark(op.id, op.snapshot)
 
     def _store_delete(self, op_id: str) -> None:
-        self._writer.discard(op_id)
         try:
-            self._store.delete(op_id)
+            self._writer.delete(op_id)
         except OSError as exc:
             log.error("op %s: could not delete its snapshot: %s", op_id, exc)
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import attrs
 import msgpack
 import trio
+import trio.testing
 
 from ._convert import converter
 from ._store import SCHEMA, OpSnapshot, SnapshotStore
@@ -53,6 +54,7 @@ _SYNCFS = _load_syncfs()
 
 @attrs.define(eq=False)
 class _Ticket:
+    urgent: bool = True
     done: trio.Event = attrs.Factory(trio.Event)
     error: OSError | None = None
 
@@ -63,12 +65,15 @@ class SnapshotWriter:
 
     store: SnapshotStore
     batch_size: int = 128
-    #: how long to let marks gather before a batch (a status change is durable
-    #: within about this long; a checkpoint waits about this long)
-    coalesce_s: float = 0.005
+    #: how long status-change marks gather before a batch is written (a status
+    #: change is durable within about this long). A `flush` (someone waiting
+    #: for durability) cuts the gathering short.
+    coalesce_s: float = 0.05
     _dirty: dict[str, Callable[[], OpSnapshot]] = attrs.Factory(dict)
     _tickets: dict[str, list[_Ticket]] = attrs.Factory(dict)
     _wake: trio.Event = attrs.Factory(trio.Event)
+    _inflight: set[str] = attrs.Factory(set)
+    _deleted_inflight: set[str] = attrs.Factory(set)
     batches: int = 0
     written: int = 0
 
@@ -77,20 +82,37 @@ class SnapshotWriter:
         self._dirty[op_id] = snapshot
         self._wake.set()
 
-    async def flush(self, op_id: str, snapshot: Callable[[], OpSnapshot]) -> None:
-        """Mark, then wait until a snapshot of this state is durable."""
-        ticket = _Ticket()
+    async def flush(self, op_id: str, snapshot: Callable[[], OpSnapshot], *, urgent: bool = True) -> None:
+        """Mark, then wait until a snapshot of this state is durable.
+
+        ``urgent`` writes the next batch at once instead of letting marks gather.
+        """
+        ticket = _Ticket(urgent=urgent)
         self._tickets.setdefault(op_id, []).append(ticket)
         self.mark(op_id, snapshot)
         await ticket.done.wait()
         if ticket.error is not None:
             raise ticket.error
 
-    def discard(self, op_id: str) -> None:
-        """Forget a pending write (the operation was cancelled or forgotten)."""
+    def delete(self, op_id: str) -> None:
+        """Forget pending writes and delete the snapshot (cancelled or forgotten).
+
+        If a batch holding this operation is being written right now, the file
+        is deleted again once that batch is in place, so it cannot come back.
+        """
         self._dirty.pop(op_id, None)
         for ticket in self._tickets.pop(op_id, []):
             ticket.done.set()
+        if op_id in self._inflight:
+            self._deleted_inflight.add(op_id)
+        self.store.delete(op_id)
+
+    def is_dirty(self, op_id: str) -> bool:
+        """True while a mark for this operation is not yet durable."""
+        return op_id in self._dirty
+
+    def _urgent(self) -> bool:
+        return any(t.urgent for waiting in self._tickets.values() for t in waiting)
 
     @property
     def pending(self) -> int:
@@ -101,11 +123,23 @@ class SnapshotWriter:
         try:
             while True:
                 await self._wake.wait()
-                await trio.sleep(self.coalesce_s)
+                self._wake = trio.Event()
+                if not self._urgent():
+                    with trio.move_on_after(self.coalesce_s):
+                        while not self._urgent():  # until someone needs durability now
+                            await self._wake.wait()
+                            self._wake = trio.Event()
                 self._wake = trio.Event()
                 while self._dirty:
-                    self.write_batch()
-                    await trio.lowlevel.checkpoint()  # let everyone else run between batches
+                    batch = self._take()
+                    if _off_loop():
+                        # The disk waits in a worker thread; the event loop (and every
+                        # control) keeps running, and new marks gather for the next batch.
+                        error = await trio.to_thread.run_sync(self._commit_catching, batch[1])
+                    else:
+                        error = self._commit_catching(batch[1])
+                        await trio.lowlevel.checkpoint()
+                    self._settle(batch[0], error)
         finally:
             # Shutdown: whatever is still dirty is written now, synchronously.
             while self._dirty:
@@ -113,29 +147,49 @@ class SnapshotWriter:
 
     def write_batch(self) -> None:
         """Write up to `batch_size` dirty snapshots durably (synchronous)."""
-        ids = list(self._dirty)[: self.batch_size]
-        items = [(op_id, self._dirty.pop(op_id)) for op_id in ids]
-        tickets = {op_id: self._tickets.pop(op_id, []) for op_id in ids}
-        error: OSError | None = None
-        try:
-            self._write(items)
-        except OSError as exc:
-            error = exc
-            log.error("could not write %d snapshot(s): %s", len(items), exc)
-        self.batches += 1
-        self.written += len(items)
-        for waiting in tickets.values():
-            for ticket in waiting:
-                ticket.error = error
-                ticket.done.set()
+        tickets, prepared = self._take()
+        self._settle(tickets, self._commit_catching(prepared))
 
-    def _write(self, items: list[tuple[str, Callable[[], OpSnapshot]]]) -> None:
+    def _take(self) -> tuple[list[_Ticket], list[tuple[str, bytes]]]:
+        """Pop a batch and serialize it now, on the loop, where the state lives."""
+        ids = list(self._dirty)[: self.batch_size]
+        prepared: list[tuple[str, bytes]] = []
+        tickets: list[_Ticket] = []
+        for op_id in ids:
+            snapshot = self._dirty.pop(op_id)
+            tickets.extend(self._tickets.pop(op_id, []))
+            payload = {"schema": SCHEMA, "operation": converter.unstructure(snapshot())}
+            prepared.append((op_id, msgpack.packb(payload, use_bin_type=True)))
+        self._inflight = {op_id for op_id, _ in prepared}
+        return tickets, prepared
+
+    def _settle(self, tickets: list[_Ticket], error: OSError | None) -> None:
+        self.batches += 1
+        self._inflight = set()
+        for op_id in self._deleted_inflight:
+            try:
+                self.store.delete(op_id)
+            except OSError as exc:
+                log.error("op %s: could not delete its snapshot: %s", op_id, exc)
+        self._deleted_inflight = set()
+        for ticket in tickets:
+            ticket.error = error
+            ticket.done.set()
+
+    def _commit_catching(self, prepared: list[tuple[str, bytes]]) -> OSError | None:
+        try:
+            self._commit(prepared)
+        except OSError as exc:
+            log.error("could not write %d snapshot(s): %s", len(prepared), exc)
+            return exc
+        self.written += len(prepared)
+        return None
+
+    def _commit(self, prepared: list[tuple[str, bytes]]) -> None:
         ops_dir = self.store.ops_dir
         temps: list[tuple[str, str]] = []
         try:
-            for op_id, snapshot in items:
-                payload = {"schema": SCHEMA, "operation": converter.unstructure(snapshot())}
-                data = msgpack.packb(payload, use_bin_type=True)
+            for op_id, data in prepared:
                 tmp = os.path.join(ops_dir, f".{op_id}.msgpack.{secrets.token_hex(4)}.tmp")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 temps.append((tmp, str(self.store.path_for(op_id))))
@@ -161,3 +215,14 @@ class SnapshotWriter:
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+
+def _off_loop() -> bool:
+    """Write in a worker thread, except under a mock clock.
+
+    A test's `MockClock` with autojump treats a task waiting for a thread as
+    idle and jumps to the next deadline, which would fire timeouts that real
+    time never would. Under a mock clock the writer therefore does its I/O
+    on the loop; everywhere else it keeps the loop free.
+    """
+    return not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)

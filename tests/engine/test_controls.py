@@ -267,6 +267,7 @@ async def test_cancel_deletes_snapshot_and_discards(eng, scripted, state_dir, au
     """Cancel calls the kind's discard and leaves no snapshot behind."""
     op = await eng.submit(spec("x", "hang"))
     await settle(eng, op.id, Status.IN_PROGRESS)
+    await trio.sleep(0.1)  # a status change is durable within the writer's gathering time
     assert (state_dir / "operations" / f"{op.id}.msgpack").exists()
     cancelled = await eng.cancel(op.id)
     assert cancelled.status is Status.CANCELLED
