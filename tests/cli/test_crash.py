@@ -59,7 +59,7 @@ def overlaps(records: tuple[RequestRecord, ...]) -> list[int]:
             continue
         start, end = record.range_start, record.range_start + record.bytes_sent
         out.append(sum(max(0, min(end, e) - max(start, s)) for s, e in covered))
-        merged = []
+        merged: list[tuple[int, int]] = []
         for s, e in sorted([*covered, (start, end)]):
             if merged and s <= merged[-1][1]:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], e))
