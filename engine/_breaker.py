@@ -154,9 +154,11 @@ class BreakerActor:
             if isinstance(body, Permit):
                 result: Any = self._permit(body)
             elif isinstance(body, Report):
-                result = self._report(body)
+                self._report(body)
+                result = None
             elif isinstance(body, Forget):
-                result = self._forget(body)
+                self._forget(body)
+                result = None
             elif isinstance(body, _States):
                 result = self._states()
             else:  # pragma: no cover - programming error

@@ -8,6 +8,8 @@ each writes its snapshot on the way out, so the next start resumes.
 
 from __future__ import annotations
 
+import builtins
+import collections
 import logging
 import os
 import secrets
@@ -91,7 +93,9 @@ class Engine:
     _seq: int = 0
     _stats_dirty: bool = False
     _closed: bool = False
-    load_problems: list[Any] = attrs.Factory(list)
+    load_problems: builtins.list[Any] = attrs.Factory(builtins.list)
+    # recently cancelled operations, so get()/wait() can still say "cancelled"
+    _cancelled: collections.OrderedDict[str, Operation] = attrs.Factory(collections.OrderedDict)
     _succeeded: dict[str, None] = attrs.Factory(dict)  # success ops, oldest first
 
     def __attrs_post_init__(self) -> None:
@@ -116,9 +120,10 @@ class Engine:
 
     def get(self, op_id: str) -> Operation:
         """One operation's current view; `RefusedError` ``E_NOT_FOUND`` if unknown."""
-        return self._actor(op_id).view()
+        gone = self._cancelled.get(op_id)
+        return gone if gone is not None else self._actor(op_id).view()
 
-    def list(self) -> list[Operation]:
+    def list(self) -> builtins.list[Operation]:
         """Every known operation, oldest first (finished ones are kept as history)."""
         return [op.view() for op in sorted(self._ops.values(), key=lambda o: o.seq)]
 
@@ -127,7 +132,7 @@ class Engine:
         active = sum(1 for op in self._ops.values() if op.status in ACTIVE)
         return self._stats.snapshot(active)
 
-    async def breakers(self) -> list[BreakerState]:
+    async def breakers(self) -> builtins.list[BreakerState]:
         """Each breaker scope's state (scopes appear once an operation used them)."""
         return await self._breaker.states()
 
@@ -207,6 +212,10 @@ class Engine:
 
     async def wait(self, op_id: str) -> Operation:
         """Return when the operation is success, cancelled, failed or exhausted."""
+        gone = self._cancelled.get(op_id)
+        if gone is not None:
+            await trio.lowlevel.checkpoint()
+            return gone
         op = self._actor(op_id)
         while not op.view().settled:
             await op.changed.wait()
@@ -256,6 +265,11 @@ class Engine:
             raise RefusedError("E_NOT_FOUND", f"no operation with id {op_id!r}") from None
 
     async def _control(self, op_id: str, control: Control) -> Operation:
+        gone = self._cancelled.get(op_id)
+        if gone is not None:
+            await trio.lowlevel.checkpoint()
+            refuse_control(control, Status.CANCELLED, None)
+            return gone
         op = self._actor(op_id)
         if op.status in TERMINAL:
             await trio.lowlevel.checkpoint()
@@ -337,8 +351,13 @@ class Engine:
         self._succeeded.pop(op.id, None)
         if op.resource is not None and self._by_resource.get(op.resource) == op.id:
             del self._by_resource[op.resource]
-        if op.status is not Status.CANCELLED:
+        if op.status is Status.CANCELLED:
+            self._cancelled[op.id] = op.view()
+            while len(self._cancelled) > 256:
+                self._cancelled.popitem(last=False)
+        else:
             self._store_delete(op.id)
+            self._events.publish("forgotten", op.id)
 
     def _trim_history(self) -> None:
         """Forget the oldest successful operations beyond ``history_limit``.
@@ -387,7 +406,7 @@ class Engine:
 
     def _restore(self, snap: OpSnapshot) -> OpActor:
         kind = self._kinds.get(snap.kind)
-        spec = converter.structure(snap.spec, kind.spec_type)
+        spec: Any = converter.structure(snap.spec, kind.spec_type)
         status = Status(snap.status)
         op = OpActor(
             self, snap.id, kind, spec, snap.seq, status=status,

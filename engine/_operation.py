@@ -65,6 +65,7 @@ class OpActor:
     extra: dict[str, Any] = attrs.Factory(dict)
     next_retry_at: float | None = None
     resource: str | None = None
+    last_failure: ErrorInfo | None = None  # the last attempt's error (not a breaker wait)
 
     # runtime only
     _mailbox: Mailbox[Any] = attrs.Factory(open_mailbox)
@@ -122,8 +123,12 @@ class OpActor:
             return
         check_transition(old, new)
         self.status = new
-        if not keep_error:
-            self.error = error if new in (R, F, X) else None
+        if error is not None:
+            self.error = error
+        elif not keep_error and new in (I, S, C):
+            # a fresh attempt or the end: the old error no longer describes it.
+            # Paused and pending keep it, so a resumed recovery still shows why.
+            self.error = None
         self.updated_at = time.time()
         if new is not R:
             self.next_retry_at = None
@@ -237,7 +242,7 @@ class OpActor:
             self.engine._store_delete(self.id)
             self._set_status(C)
         elif control is Control.CANCEL_RECOVERY:
-            self._set_status(F, keep_error=True)
+            self._set_status(F, error=self.last_failure or self.error)
             stats.failed_operations += 1
             self.save()
         elif control in (Control.RETRY_NOW, Control.FORCE_RETRY):
@@ -368,6 +373,7 @@ class OpActor:
         engine = self.engine
         settings = engine.settings
         err = outcome.error
+        self.last_failure = err
         engine._stats.error(err.code)
         if self.first_failure_at is None:
             self.first_failure_at = time.time()
@@ -396,20 +402,21 @@ class OpActor:
         self.retries_total += 1
         engine._stats.retry_attempts += 1
         self._backoff_deadline = trio.current_time() + decision.delay_s
-        self.next_retry_at = time.time() + decision.delay_s
+        next_retry_at = time.time() + decision.delay_s
+        self.next_retry_at = next_retry_at
         if self.status is R:
             self.error = err
             self.updated_at = time.time()
             engine._publish_status(self, R)
         else:
             self._set_status(R, error=err)
-        self.next_retry_at = time.time() + decision.delay_s
+        self.next_retry_at = next_retry_at
         self.save()
         engine._events.publish(
             "retry_scheduled", self.id, attempt=decision.retry, max_retries=settings.max_retries,
             delay_s=round(decision.delay_s, 3), next_retry_at=self.next_retry_at, error=err.to_dict(),
         )
-        log.warning("op %s: retry %d/%d in %.1fs after %s: %s", self.id, decision.retry,
+        log.warning("op %s: retry %d/%d in %.2fs after %s: %s", self.id, decision.retry,
                     settings.max_retries, decision.delay_s, err.code, err.message)
 
     # -- callbacks from the attempt context ------------------------------------------

@@ -273,8 +273,12 @@ async def test_cancel_deletes_snapshot_and_discards(eng, scripted, state_dir, au
     assert cancelled.status is Status.CANCELLED
     assert scripted.discarded == ["x"]
     assert not (state_dir / "operations" / f"{op.id}.msgpack").exists()
-    with pytest.raises(RefusedError):
-        eng.get(op.id)
+    assert eng.get(op.id).status is Status.CANCELLED  # still answerable, but gone from the list
+    assert (await eng.wait(op.id)).status is Status.CANCELLED
+    assert op.id not in [o.id for o in eng.list()]
+    with pytest.raises(RefusedError) as info:
+        await eng.pause(op.id)
+    assert info.value.code == "E_INVALID_STATE"
 
 
 async def test_second_submit_for_same_resource_returns_the_live_op(eng, autojump_clock) -> None:

@@ -76,7 +76,12 @@ async def test_pause_resume_cancel(api):
     assert resumed.status_code == 200 and resumed.json()["status"] in ("pending", "in_progress")
     cancelled = await api.client.post(f"/api/operations/{op.id}/cancel")
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
-    _error(await api.client.get(f"/api/operations/{op.id}"), 404, "E_NOT_FOUND")
+    gone = await api.client.get(f"/api/operations/{op.id}")  # still answerable as cancelled...
+    assert (gone.status_code, gone.json()["status"]) == (200, "cancelled")
+    listed = (await api.client.get("/api/operations")).json()
+    assert op.id not in [o["id"] for o in listed]  # ...but no longer listed
+    _error(await api.client.post(f"/api/operations/{op.id}/resume"), 409, "E_INVALID_STATE")
+    _error(await api.client.get("/api/operations/no-such-op"), 404, "E_NOT_FOUND")
 
 
 async def test_retry_now_skips_the_wait(serve):
