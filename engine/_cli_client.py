@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ._units import human_bytes
 from ._errors import RefusedError
 
 __all__ = ["add_parsers"]
@@ -168,14 +169,7 @@ def _print_json(data: Any) -> None:
 
 
 def _size(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return "?" if n is None else human_bytes(n)
 
 
 def _duration(seconds: float | None) -> str:

@@ -63,6 +63,7 @@ import attrs
 import httpx
 import trio
 
+from ._units import human_bytes
 from ._errors import RefusedError, classify_exception, classify_status, failure
 from ._fileio import PartFile, Writer, free_bytes, replace_durably
 from ._kinds import AttemptContext
@@ -297,13 +298,6 @@ def _content_length(headers: httpx.Headers) -> int | None:
     return value if value >= 0 else None
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({n} bytes)"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 # --- the kind -----------------------------------------------------------------------
@@ -637,7 +631,7 @@ class _Transfer:
         free = free_bytes(self.dest.parent, self.statvfs)
         if free is not None and free < needed:
             raise failure("E_DISK_FULL", f"not enough free space in {self.dest.parent}: "
-                                         f"{_human(free)} free, {_human(needed)} still to download")
+                                         f"{human_bytes(free, exact=True)} free, {human_bytes(needed, exact=True)} still to download")
 
     # -- the body --------------------------------------------------------------------
 
