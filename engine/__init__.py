@@ -8,7 +8,10 @@ private.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not `from typing import TYPE_CHECKING`: importing typing takes a few milliseconds
+# in which a Ctrl-C would still print a traceback (mypy knows this name either way).
+TYPE_CHECKING = False
 
 # Names resolve on first use, so that `recovery` (and `python -m engine`) can take
 # charge of Ctrl-C before trio, httpx and rich are imported.
@@ -41,6 +44,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._errors import AttemptFailed as AttemptFailed
     from ._errors import ErrorInfo as ErrorInfo
     from ._errors import RecoveryError as RecoveryError
