@@ -40,7 +40,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import filesystem_of, peak_rss_mib, percentiles, print_json, print_table  # noqa: E402
 
-from engine import RefusedError, Settings, Status, failure, open_engine  # noqa: E402
+from engine import RefusedError, Settings, Status, failure, open_engine, tune_gc  # noqa: E402
 from engine._store import OpSnapshot, SnapshotStore  # noqa: E402
 from engine._writer import SnapshotWriter  # noqa: E402
 
@@ -192,7 +192,12 @@ def main() -> int:
     parser.add_argument("--state-dir", type=Path, default=None, help="parent dir of the temporary state dirs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's collector thresholds instead of engine.tune_gc() "
+                             "(what the `recovery` command uses)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()
     logging.getLogger("engine").addHandler(logging.NullHandler())
     logging.getLogger("engine").propagate = False
     parent = tempfile.mkdtemp(prefix="bench-load-", dir=args.state_dir)
@@ -202,12 +207,14 @@ def main() -> int:
     finally:
         shutil.rmtree(parent, ignore_errors=True)
     fs = filesystem_of(parent)
-    result = {"filesystem": f"{fs['fstype']} ({fs['mount']})", **load, **startup}
+    result = {"filesystem": f"{fs['fstype']} ({fs['mount']})",
+              "gc": "CPython default" if args.default_gc else "engine.tune_gc()", **load, **startup}
     if args.json:
         print_json(result)
     else:
         rows = [
             ("state dir file system", result["filesystem"], ""),
+            ("garbage collector", result["gc"], ""),
             ("operations (50 scopes, 20% failing for 4 s)", load["operations"], ""),
             ("wall time, s", load["wall_s"], ""),
             ("operations per second", load["ops_per_s"], ""),

@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Subscription": "._events",
     "TRANSITIONS": "._model",
     "classify_exception": "._errors",
+    "tune_gc": "._gc",
     "error": "._errors",
     "failure": "._errors",
     "open_engine": "._engine",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from ._errors import StateDirLocked as StateDirLocked
     from ._errors import ERRORS as ERRORS
     from ._errors import classify_exception as classify_exception
+    from ._gc import tune_gc as tune_gc
     from ._errors import error as error
     from ._errors import failure as failure
     from ._engine import Engine as Engine

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        from ._gc import tune_gc
+
+        tune_gc()  # our own process: full collections would stall every operation
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
