@@ -3,7 +3,9 @@
 Downloads are always accepted, but only into ``download_root``; installs and
 projects run commands, so they need ``--allow-installs`` (403 ``E_FORBIDDEN``
 otherwise) and a registered kind. Unknown fields are refused naming the field
-(``steps[2].argv`` inside a project).
+(``steps[2].argv`` inside a project). An ``import`` (a ComfyUI workflow and a
+ComfyUI folder inside ``download_root``) only downloads, so it is always
+accepted; it becomes the project of the models that are missing.
 """
 
 from __future__ import annotations
@@ -130,6 +132,48 @@ def _project(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
     return ProjectSpec(name=body["name"], steps=built)
 
 
+_IMPORT_FIELDS = {"kind", "workflow", "comfyui"}
+
+
+def _import(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
+    """``{"kind": "import", "workflow": {...}, "comfyui": DIR}`` -> the project of missing models.
+
+    The API cannot half-accept: a workflow with refused entries (paths that
+    would leave ``DIR/models``, non-http(s) URLs) is refused whole, naming
+    the nodes, and a workflow whose models are all present is refused with
+    ``E_INVALID_STATE`` (nothing to do).
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .._comfyui import plan_import
+    from .._download import dest_within_root
+
+    for name in body:
+        if name not in _IMPORT_FIELDS:
+            raise _invalid(f"unknown field {name!r} for an import", name)
+    workflow, folder = body.get("workflow"), body.get("comfyui")
+    if not isinstance(workflow, dict):
+        raise _invalid("workflow must be the workflow's JSON object", "workflow")
+    if not isinstance(folder, str) or not folder:
+        raise _invalid("comfyui must be the ComfyUI folder (inside the download root)", "comfyui")
+    root = engine.settings.download_root_path
+    comfyui = Path(folder) if Path(folder).is_absolute() else root / folder
+    if not dest_within_root(comfyui, root):
+        raise _invalid(f"the ComfyUI folder must be inside the download root {root}", "comfyui")
+    plan = plan_import(workflow, comfyui)
+    if plan.refused:
+        reasons = "; ".join(f"{e.node}: {e.reason}" for e in plan.refused)
+        raise _invalid(f"the workflow asks for models that cannot be imported safely: {reasons}", "workflow")
+    if not plan.downloads:
+        raise RefusedError("E_INVALID_STATE", "every model this workflow needs is already present", field="workflow")
+    # Stable for the same workflow content and folder, so a second POST finds the live project.
+    key = hashlib.sha256(json.dumps(workflow, sort_keys=True).encode() + b"\0" +
+                         str(comfyui.resolve()).encode()).hexdigest()[:10]
+    return plan.project(f"import:workflow@{key}")
+
+
 def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
     """The spec a JSON body asks for, or `RefusedError` (``E_INVALID_INPUT`` / ``E_FORBIDDEN``)."""
     if not isinstance(body, dict):
@@ -139,6 +183,10 @@ def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
         raise _invalid("kind must be a string", "kind")
     if kind == "download":
         return _download(engine, body)
+    if kind == "import":
+        if "project" not in engine.kinds.names():
+            raise _invalid("the project kind is not available in this engine", "kind")
+        return _import(engine, body)
     if kind in _COMMAND_KINDS:
         if not allow_installs:
             raise RefusedError("E_FORBIDDEN",
@@ -149,4 +197,4 @@ def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
         if kind == "install":
             return _install(body)
         return _project(engine, body)
-    raise _invalid(f"unknown operation kind {kind!r} (expected download, install or project)", "kind")
+    raise _invalid(f"unknown operation kind {kind!r} (expected download, install, project or import)", "kind")
