@@ -126,16 +126,26 @@ def test_json_prints_one_event_per_line(server: FaultServer, tmp_path: Path) -> 
     assert sha256_of(tmp_path / "out" / "json.bin") == content_sha256("/files/json.bin", size)
 
 
-def test_set_applies_to_the_run_only(server: FaultServer, tmp_path: Path) -> None:
-    """--set max_retries=0 makes one dropped attempt exhaust, and settings.json is not written."""
-    url = server.url("/files/once.bin", size=1_000_000, faults=Faults(drop_after=100_000))
+@pytest.mark.parametrize("saved", [None, '{"max_retries": 7, "initial_delay_s": 0.1}\n'])
+def test_set_applies_to_the_run_only(server: FaultServer, tmp_path: Path, saved: str | None) -> None:
+    """--set max_retries=0 wins for the run (one dropped attempt exhausts); settings.json is left as it was."""
+    settings_file = tmp_path / "state" / "settings.json"
+    if saved is not None:
+        settings_file.parent.mkdir(parents=True)
+        settings_file.write_text(saved)
+    path = f"/files/once-{saved is None}.bin"
+    url = server.url(path, size=1_000_000, faults=Faults(drop_after=100_000))
     proc = recovery(url, "--json", "--set", "max_retries=0", tmp_path=tmp_path)
     assert proc.returncode == 1, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    statuses = [e["status"] for e in events if e["type"] == "status"]
-    assert statuses[-1] == "exhausted" and "retry_scheduled" not in {e["type"] for e in events}
-    assert not (tmp_path / "state" / "settings.json").exists()
-    assert len(server.stats.paths["/files/once.bin"].records) == 1
+    statuses = [e for e in events if e["type"] == "status"]
+    assert statuses[-1]["status"] == "exhausted" and statuses[-1]["error"]["code"] == "E_NET_INTERRUPTED"
+    assert "retry_scheduled" not in {e["type"] for e in events}
+    assert len(server.stats.paths[path].records) == 1
+    if saved is None:
+        assert not settings_file.exists()
+    else:
+        assert settings_file.read_text() == saved
 
 
 def test_sha256_mismatch_fails_after_one_fresh_retry(server: FaultServer, tmp_path: Path) -> None:
