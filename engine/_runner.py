@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -146,7 +147,8 @@ async def _follow_json(eng: Engine, ids: list[str], sub: Any) -> None:
     out = JsonLines()
     mine = set(ids)
     for op_id in ids:  # the current state first, so a reader knows where things stand
-        out.event({"type": "status", "op_id": op_id, "status": eng.get(op_id).status.value, "previous": None})
+        out.event({"type": "status", "op_id": op_id, "status": eng.get(op_id).status.value, "previous": None,
+                   "ts": time.time()})
     try:
         while not all(eng.get(i).settled for i in ids):
             with trio.move_on_after(0.5):
