@@ -667,9 +667,15 @@ class _Transfer:
                 self.hashed = part.size
             ctx.received(len(chunk))
             ctx.progress(part.size, self.total)
-            if ctx.checkpoint_due():
-                self._sync()
+            # Data before metadata, without stopping the transfer: the fsync runs
+            # in a helper thread; its offset is recorded once it has returned.
+            gained = part.poll_sync()
+            if gained:
+                ctx.made_durable(gained)
+                self.state["offset"] = part.durable
                 await ctx.checkpoint()
+            elif ctx.checkpoint_due():
+                part.start_sync()
             if end is not None and part.size >= end:
                 return
 

@@ -1,10 +1,14 @@
 """The durable side of a download: a ``.part`` file written data-before-metadata.
 
 Everything here is plain blocking ``os`` calls made in the trio thread, on
-purpose: a hop to a worker thread would let trio's autojump ``MockClock``
-jump while the hop is in flight and fire stall timeouts that never happened.
-Writes go to the page cache and are cheap; ``fsync`` runs once per checkpoint
-interval (and once at the end), so the loop stays responsive.
+purpose: an awaited hop to a worker thread would let trio's autojump
+``MockClock`` jump while the hop is in flight and fire stall timeouts that
+never happened. Writes go to the page cache and are cheap. The periodic
+``fsync`` is the expensive part (it waits for the disk to take everything
+written since the last one), so `start_sync` runs it in a plain helper
+thread that nobody awaits: the download keeps receiving, and `poll_sync`
+(a non-blocking check) moves ``durable`` forward once that fsync returned.
+`sync` is the blocking form, used at the end and on the way out.
 
 `PartFile` only tracks two numbers: ``size`` (bytes written, the file
 position) and ``durable`` (bytes covered by the last ``fsync``). The caller
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Callable, Union
@@ -52,6 +57,7 @@ class PartFile:
     _write: Writer
     size: int
     durable: int
+    _bg: "_BackgroundSync | None" = None
 
     @classmethod
     def open(cls, path: Path, keep: int, *, write: Writer = os.write) -> PartFile:
@@ -92,20 +98,57 @@ class PartFile:
                 self.size += n
                 view = view[n:]
 
-    def sync(self) -> int:
-        """``fsync`` the file; return how many bytes became durable with it."""
+    def start_sync(self) -> bool:
+        """Begin an ``fsync`` of everything written so far in a helper thread; don't wait.
+
+        False when one is already running or there is nothing new to sync.
+        """
         fd = self._require_fd()
-        if self.size == self.durable:
+        if self._bg is not None or self.size == self.durable:
+            return False
+        self._bg = _BackgroundSync.start(fd, self.size)
+        return True
+
+    def poll_sync(self) -> int:
+        """If the background ``fsync`` finished, count its bytes as durable and return them.
+
+        Returns 0 while it runs (or when none was started); raises its ``OSError``.
+        """
+        bg = self._bg
+        if bg is None or not bg.done.is_set():
             return 0
+        return self._settle_bg()
+
+    def _settle_bg(self) -> int:
+        bg, self._bg = self._bg, None
+        if bg is None:
+            return 0
+        bg.thread.join()
+        if bg.error is not None:
+            with _naming(self.path):
+                raise bg.error
+        gained = max(0, bg.target - self.durable)
+        self.durable = max(self.durable, bg.target)
+        return gained
+
+    def sync(self) -> int:
+        """``fsync`` the file now (after any background one); return the bytes made durable."""
+        fd = self._require_fd()
+        gained = self._settle_bg()
+        if self.size == self.durable:
+            return gained
         with _naming(self.path):
             os.fsync(fd)
-        gained = max(0, self.size - self.durable)
+        gained += max(0, self.size - self.durable)
         self.durable = self.size
         return gained
 
     def truncate(self) -> int:
         """Drop all content (a restart from 0); return how many bytes were thrown away."""
         fd = self._require_fd()
+        if self._bg is not None:  # its result is about to be meaningless
+            bg, self._bg = self._bg, None
+            bg.thread.join()
         dropped = self.size
         with _naming(self.path):
             os.ftruncate(fd, 0)
@@ -118,9 +161,39 @@ class PartFile:
         return PrefixReader(self._require_fd(), end, chunk_size)
 
     def close(self) -> None:
+        if self._bg is not None:  # the helper still uses the fd
+            bg, self._bg = self._bg, None
+            bg.thread.join()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+@attrs.define(eq=False)
+class _BackgroundSync:
+    """One ``fsync`` in a helper thread, covering the first ``target`` bytes."""
+
+    target: int
+    thread: threading.Thread
+    done: threading.Event
+    error: OSError | None = None
+
+    @classmethod
+    def start(cls, fd: int, target: int) -> "_BackgroundSync":
+        done = threading.Event()
+        bg = cls(target, threading.Thread(name="engine-fsync", daemon=True), done)
+
+        def run() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                bg.error = exc
+            finally:
+                done.set()
+
+        bg.thread = threading.Thread(target=run, name="engine-fsync", daemon=True)
+        bg.thread.start()
+        return bg
 
 
 @attrs.define(eq=False)
