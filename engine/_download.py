@@ -46,6 +46,7 @@ same directory, unless a file of that name already exists, and
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import hashlib
 import logging
@@ -64,7 +65,7 @@ import httpx
 import trio
 
 from ._units import human_bytes
-from ._errors import RefusedError, classify_exception, classify_status, failure
+from ._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
 from ._fileio import PartFile, Writer, free_bytes, replace_durably
 from ._kinds import AttemptContext
 from ._settings import Settings
@@ -377,6 +378,17 @@ class DownloadKind:
         transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs)
         try:
             await transfer.run()
+        except AttemptFailed as exc:
+            # The server refused the request (404, 401/403, a bad URL, TLS): leave no
+            # empty .part behind. Anything with data in it is kept for the resume,
+            # and so is the .part of a disk or permission failure, which the user fixes.
+            if (exc.error.code in _REFUSED_BY_SERVER and part_file.size == 0
+                    and not ctx.state.get("complete")):
+                transfer.close()
+                with contextlib.suppress(OSError):
+                    if part.stat().st_size == 0:
+                        part.unlink()
+            raise
         finally:
             transfer.close()
 
@@ -459,6 +471,7 @@ class _HashWorker:
 
 
 _Outcome = Literal["done", "more", "restart"]
+_REFUSED_BY_SERVER = frozenset({"E_HTTP_CLIENT", "E_AUTH", "E_INVALID_INPUT", "E_TLS"})
 _VALIDATORS = ("etag", "last_modified", "total", "cd_name")
 
 

@@ -114,3 +114,17 @@ async def test_same_destination_returns_the_live_operation(
         assert again.id == first.id
         await eng.cancel(first.id)
     assert not (tmp_path / "downloads" / "m.bin.part").exists()
+
+
+async def test_a_failure_that_wrote_nothing_leaves_no_part_file(server: FaultServer, tmp_path: Path,
+                                                                 autojump_clock: Any) -> None:
+    """A 404 fails at once and leaves no empty .part behind; a drop after data keeps its .part."""
+    server.add_file("/gone.bin", size=10, faults=Faults(status=404))
+    server.add_file("/half.bin", size=SIZE, faults=Faults(drop_after=300_000))
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path, max_retries=0)) as eng:
+        gone = await eng.wait((await eng.submit(DownloadSpec(url=server.base_url + "/gone.bin", dest="gone.bin"))).id)
+        half = await eng.wait((await eng.submit(DownloadSpec(url=server.base_url + "/half.bin", dest="half.bin"))).id)
+    downloads = tmp_path / "downloads"
+    assert gone.status is Status.FAILED and gone.error.code == "E_HTTP_CLIENT"
+    assert not (downloads / "gone.bin.part").exists() and not (downloads / "gone.bin").exists()
+    assert half.status is Status.EXHAUSTED and (downloads / "half.bin.part").stat().st_size > 0
