@@ -41,6 +41,11 @@ async def test_503_host_opens_breaker_and_waiters_spend_no_retries(tmp_path, aut
                 while not [b for b in await eng.breakers() if b.state == "open"]:
                     await trio.sleep(0.1)
                 opened_at = trio.current_time()
+                import time as _time
+
+                waiting_now = [eng.get(op.id) for op in ops]
+                circuit = [v for v in waiting_now if v.error and v.error.code == "E_CIRCUIT_OPEN"]
+                assert circuit and all(_time.time() + 25 < v.next_retry_at <= _time.time() + 31 for v in circuit)
                 # the 5th failure opened it; the attempt in flight beside it (max_per_host=2) was already sent
                 before = server.stats.requests
                 assert before == 6
@@ -250,3 +255,13 @@ async def test_breaker_state_is_not_persisted(tmp_path, autojump_clock) -> None:
         finals = [await eng.wait(a.id), await eng.wait(b.id)]
         assert all(f.status is Status.SUCCESS and f.attempt == 1 for f in finals)
         assert trio.current_time() < 10  # nobody waited for a breaker that no longer exists
+
+
+async def test_pending_operations_start_in_submission_order(tmp_path, autojump_clock) -> None:
+    """With one slot, queued operations start first-in, first-out."""
+    kind = ScriptedKind()
+    async with open_engine(tmp_path / "state", Settings(max_concurrent=1), kinds=[kind]) as eng:
+        ops = [await eng.submit(ScriptedSpec(name=f"q{i}", script=["sleep:1+ok"])) for i in range(6)]
+        for op in ops:
+            await eng.wait(op.id)
+    assert list(kind.started) == [f"q{i}" for i in range(6)]
