@@ -62,7 +62,7 @@ from _common import filesystem_of, print_table  # noqa: E402
 from _servers import fault_server, fetch_stats, static_server  # noqa: E402
 
 from engine import DownloadSpec, Settings, Status, open_engine  # noqa: E402
-from engine.testing import content_sha256  # noqa: E402
+from engine.testing import content_sha256, refetched  # noqa: E402
 
 MIB = 1024 * 1024
 FILE_NAME = "model.safetensors"
@@ -249,21 +249,7 @@ def _throughput_in(url: str, sha: str, size: int, repeat: int, work: Path, serve
 
 def _overlap(records: list[dict[str, Any]]) -> int:
     """Bytes each request sent that earlier requests had already sent, summed."""
-    covered: list[tuple[int, int]] = []
-    total = 0
-    for r in records:
-        if r["range_start"] is None or not r["bytes_sent"]:
-            continue
-        start, end = r["range_start"], r["range_start"] + r["bytes_sent"]
-        total += sum(max(0, min(end, e) - max(start, s)) for s, e in covered)
-        merged: list[tuple[int, int]] = []
-        for s, e in sorted([*covered, (start, end)]):
-            if merged and s <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-            else:
-                merged.append((s, e))
-        covered = merged
-    return total
+    return sum(refetched((r["range_start"], r["bytes_sent"]) for r in records))
 
 
 def drops(size: int, count: int) -> None:

@@ -17,7 +17,7 @@ import functools
 import hashlib
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 import attrs
@@ -32,6 +32,7 @@ __all__ = [
     "content_bytes",
     "content_sha256",
     "file_url",
+    "refetched",
 ]
 
 BLOCK_SIZE = 64 * 1024
@@ -391,6 +392,35 @@ class PathStats:
     def ranges(self) -> list[tuple[int | None, int]]:
         """``(range_start, bytes_sent)`` per request, in arrival order."""
         return [(r.range_start, r.bytes_sent) for r in self.records]
+
+    @property
+    def refetched(self) -> list[int]:
+        """Per request, the bytes it sent that an earlier request had already sent."""
+        return refetched(self.ranges)
+
+
+def refetched(ranges: Iterable[tuple[int | None, int]]) -> list[int]:
+    """For each ``(range_start, bytes_sent)`` in order: bytes earlier ones already covered.
+
+    The measure of "fetched twice": a resume that starts before the end of
+    what was already served repeats the overlap.
+    """
+    covered: list[tuple[int, int]] = []  # disjoint, sorted [start, end) intervals
+    out: list[int] = []
+    for start, sent in ranges:
+        if start is None or not sent:
+            out.append(0)
+            continue
+        end = start + sent
+        out.append(sum(max(0, min(end, e) - max(start, s)) for s, e in covered))
+        merged: list[tuple[int, int]] = []
+        for s, e in sorted([*covered, (start, end)]):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        covered = merged
+    return out
 
 
 @attrs.frozen(kw_only=True)

@@ -13,6 +13,7 @@ from ._faultcontent import VirtualFile as VirtualFile
 from ._faultcontent import content_bytes as content_bytes
 from ._faultcontent import content_sha256 as content_sha256
 from ._faultcontent import file_url as file_url
+from ._faultcontent import refetched as refetched
 from ._faultserver import FaultServer as FaultServer
 from ._faultserver import main as main
 
@@ -28,6 +29,7 @@ __all__ = [
     "content_sha256",
     "file_url",
     "main",
+    "refetched",
 ]
 
 if __name__ == "__main__":

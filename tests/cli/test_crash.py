@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.testing import FaultServer, Faults, RequestRecord, content_sha256
+from engine.testing import FaultServer, Faults, RequestRecord, content_sha256, refetched
 
 MIB = 1024 * 1024
 SIZE = 128 * MIB
@@ -51,22 +51,7 @@ def server() -> Iterator[FaultServer]:
 
 def overlaps(records: tuple[RequestRecord, ...]) -> list[int]:
     """Per request, how many of the bytes it sent an earlier request had already sent."""
-    covered: list[tuple[int, int]] = []  # disjoint, sorted [start, end) intervals
-    out = []
-    for record in records:
-        if record.range_start is None or record.bytes_sent == 0:
-            out.append(0)
-            continue
-        start, end = record.range_start, record.range_start + record.bytes_sent
-        out.append(sum(max(0, min(end, e) - max(start, s)) for s, e in covered))
-        merged: list[tuple[int, int]] = []
-        for s, e in sorted([*covered, (start, end)]):
-            if merged and s <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-            else:
-                merged.append((s, e))
-        covered = merged
-    return out
+    return refetched((r.range_start, r.bytes_sent) for r in records)
 
 
 def test_overlap_accounting() -> None:
