@@ -11,6 +11,12 @@ attempt (statuses, retries, breaker, snapshots, events); a kind only has to
   consistent with what is durable at every moment,
 - ``discard`` partial results on cancel.
 
+An attempt may also return `CONTINUE`: "a unit of work is done and durable;
+run the next attempt now". The engine then frees the concurrency slot, asks
+for one again and asks the breaker about ``scope`` again, without counting
+a retry. A project uses it at a step boundary where the next step talks to
+another host.
+
 Download, install and project register into the same `KindRegistry` an
 embedding application can use for its own kinds.
 """
@@ -28,7 +34,25 @@ if TYPE_CHECKING:
 
     from ._settings import Settings
 
-__all__ = ["AttemptContext", "Kind", "KindRegistry"]
+__all__ = ["CONTINUE", "AttemptContext", "Continue", "Kind", "KindRegistry"]
+
+
+class Continue:
+    """The type of `CONTINUE` (see the module docstring)."""
+
+    _instance: "Continue | None" = None
+
+    def __new__(cls) -> "Continue":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "CONTINUE"
+
+
+#: Returned by `Kind.attempt`: run the next attempt now, through slot and breaker again.
+CONTINUE = Continue()
 
 
 @runtime_checkable
@@ -42,7 +66,7 @@ class Kind(Protocol):
     def scope(self, spec: Any, state: dict[str, Any]) -> str | None: ...
     def resource_key(self, spec: Any) -> str | None: ...
     def describe(self, spec: Any) -> dict[str, Any]: ...
-    async def attempt(self, ctx: "AttemptContext") -> None: ...
+    async def attempt(self, ctx: "AttemptContext") -> "Continue | None": ...
     def discard(self, spec: Any, state: dict[str, Any]) -> None: ...
 
 

@@ -22,7 +22,7 @@ from supervisors import Backoff, GiveUp, Mailbox, Request, RetryPolicy, open_mai
 
 from ._breaker import Go
 from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
-from ._kinds import AttemptContext, Kind
+from ._kinds import CONTINUE, AttemptContext, Kind
 from ._model import FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
 from ._store import OpSnapshot
 
@@ -319,7 +319,7 @@ class OpActor:
         self._bypass_breaker = False
         ctx: AttemptContext | None = None
         outcome: AttemptFailed | None = None
-        finished = False
+        finished = continued = False
         try:
             run_as = self._run_as or (I if self.retries == 0 and self.status is not R else R)
             self._run_as = None
@@ -327,7 +327,8 @@ class OpActor:
                 self._set_status(run_as, keep_error=run_as is R)
             ctx = engine._make_context(self)
             try:
-                await self.kind.attempt(ctx)
+                if await self.kind.attempt(ctx) is CONTINUE:
+                    continued = True
             except AttemptFailed as exc:
                 outcome = exc
             except Exception as exc:  # noqa: BLE001 - the classification boundary
@@ -346,7 +347,9 @@ class OpActor:
             slot.release()
             if ctx is not None:
                 engine._account(ctx)
-        if outcome is None:
+        if continued and outcome is None:
+            self.save()  # the next attempt starts at once, through slot and breaker again
+        elif outcome is None:
             self._succeeded()
         else:
             self._failed(outcome, ctx)

@@ -28,9 +28,11 @@ events carry the step's own fields plus ``step`` (the running step's number,
 names in refusals index the list from 0, like the file: ``steps[2].url``.
 
 The breaker is asked when an attempt starts, for the step it starts with
-(``scope``); later steps run in the same attempt. A failed step is retried
-by a new attempt that starts at that step, so its retries go through its
-own scope.
+(``scope``). Consecutive steps of the same scope run in the same attempt; at
+a step boundary where the scope changes the attempt ends with `CONTINUE`,
+and the engine asks the next scope's breaker (and for a slot) before the
+next step starts. A failed step is retried by a new attempt that starts at
+that step, so its retries go through its own scope.
 
 Cancel stops the running step and discards only its partial data (a
 download's ``.part``); files finished by earlier steps stay. The resource
@@ -47,7 +49,7 @@ import attrs
 import trio
 
 from ._errors import AttemptFailed, RefusedError, classify_exception
-from ._kinds import AttemptContext, Kind, KindRegistry
+from ._kinds import CONTINUE, AttemptContext, Continue, Kind, KindRegistry
 from ._settings import Settings
 from ._specs import DownloadSpec, InstallSpec, ProjectSpec
 
@@ -164,8 +166,12 @@ class ProjectKind:
             self._kind_of(step).discard(step, _step_state(state))
         state.clear()
 
-    async def attempt(self, ctx: AttemptContext) -> None:
-        """Run the unfinished steps in order, recording each durably before the next."""
+    async def attempt(self, ctx: AttemptContext) -> Continue | None:
+        """Run the unfinished steps in order, recording each durably before the next.
+
+        At a step boundary where the next step has another breaker scope, the
+        attempt ends with `CONTINUE`, so the engine asks that scope's breaker.
+        """
         spec: ProjectSpec = ctx.spec
         total = len(spec.steps)
         done = _done(ctx.state, total)
@@ -201,7 +207,17 @@ class ProjectKind:
             if i + 1 < total:
                 ctx.step_finished()  # the next step gets a fresh retry budget
             log.info("op %s: step %d/%d (%s) finished", ctx.op_id, i + 1, total, step.kind)
+            if i + 1 < total:
+                # the view moves to the next step now, not at its first progress report
+                ctx.progress(0, None, step=i + 2, steps_done=i + 1, steps_total=total)
+                following = spec.steps[i + 1]
+                if (self._kind_of(following).scope(following, {})
+                        != kind.scope(step, {})):
+                    # The next step talks to another breaker scope: let the engine
+                    # ask that scope's breaker (and a slot) before it starts.
+                    return CONTINUE
         ctx.progress(*last, step=total, steps_done=total, steps_total=total)
+        return None
 
 
 def _in_step(exc: AttemptFailed, index: int, total: int, step: Any) -> AttemptFailed:

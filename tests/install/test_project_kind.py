@@ -266,3 +266,34 @@ def test_scope_is_the_current_steps_scope_and_the_spec_round_trips(tmp_path: Pat
     assert [kind.scope(spec, {"done": n}) for n in range(4)] == ["models.example:8443", "pypi", None, None]
     assert converter.structure(converter.unstructure(spec), ProjectSpec) == spec
     assert kind.resource_key(spec) == "project:p"
+
+
+async def test_each_step_asks_its_own_scope_s_breaker(tmp_path, autojump_clock) -> None:
+    """A project whose next step's scope has an open breaker waits there without spending retries."""
+    from engine import InstallSpec, ProjectSpec, Settings, Status, open_engine
+    from engine._scripted import ScriptedKind, ScriptedSpec
+
+    kind = ScriptedKind()
+    settings = Settings(breaker_failure_threshold=1, initial_delay_s=1000)
+    marker = tmp_path / "ran"
+    step = InstallSpec(argv=["true"], scope="index")
+    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+        opener = await eng.submit(ScriptedSpec(name="opener", script=["fail:E_NET_UNREACHABLE", "ok"],
+                                               scope="index"))
+        while eng.get(opener.id).status is not Status.RECOVERING:
+            await trio.sleep(0.1)
+        [state] = [b for b in await eng.breakers() if b.scope == "index"]
+        assert state.state == "open"
+        project = await eng.submit(ProjectSpec(name="p", steps=[
+            InstallSpec(argv=["sh", "-c", f"touch {marker}"], scope="other"),
+            step,
+        ]))
+        with trio.fail_after(60):
+            while not marker.exists():
+                await trio.sleep(0.1)
+            while eng.get(project.id).error is None or eng.get(project.id).error.code != "E_CIRCUIT_OPEN":
+                await trio.sleep(0.1)
+        view = eng.get(project.id)
+        assert view.status is Status.RECOVERING and view.attempt == 0
+        assert (view.step, view.steps_done, view.steps_total) == (2, 1, 2)
+        await eng.cancel(project.id)
