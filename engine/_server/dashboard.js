@@ -333,6 +333,9 @@
       case "settings":
         if (ev.settings) renderSettings(ev.settings, false);
         break;
+      case "forgotten":  // removed from history (DELETE elsewhere, or history_limit)
+        if (ops.has(ev.op_id)) removeOp(ev.op_id);
+        break;
       default:
         break;
     }

@@ -12,7 +12,7 @@ from engine._scripted import ScriptedSpec
 from engine.testing import Faults
 
 EVENT_TYPES = {"submitted", "status", "progress", "retry_scheduled", "breaker", "stats", "snapshot_corrupt",
-               "settings"}
+               "settings", "forgotten"}
 
 
 def ws_url(api: Any) -> str:
@@ -167,3 +167,17 @@ async def test_graceful_shutdown_closes_streams_at_once(tmp_path):
         # serve_control returned well before hypercorn's 1 s graceful timeout: nothing was left hanging.
         assert trio.current_time() - stopped_at < 0.9
         assert not (engine.state_dir / "server.json").exists()
+
+
+async def test_forgetting_an_operation_is_an_event(api):
+    """DELETE of a finished operation reaches other clients as a `forgotten` event."""
+    op = await api.engine.submit(ScriptedSpec(name="done", script=["ok"]))
+    await api.wait_status(op.id, "success")
+    async with open_websocket_url(ws_url(api), extra_headers=bearer(api)) as ws:
+        assert (await next_event(ws))["type"] == "snapshot"
+        assert (await api.client.delete(f"/api/operations/{op.id}")).status_code == 204
+        while True:
+            ev = await next_event(ws)
+            if ev["type"] == "forgotten":
+                break
+    assert ev["op_id"] == op.id
