@@ -157,6 +157,9 @@ class Engine:
                 return self._ops[owner].view()
         self._seq += 1
         op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
+        view_fields = getattr(kind, "view_fields", None)
+        if view_fields is not None:
+            op.extra.update(view_fields(spec, op.state))
         self._ops[op.id] = op
         if resource is not None:
             self._by_resource[resource] = op.id
@@ -417,6 +420,9 @@ class Engine:
             first_failure_at=snap.first_failure_at, output_tail=list(snap.output_tail),
             resource=kind.resource_key(spec),
         )
+        view_fields = getattr(kind, "view_fields", None)  # optional: a project's step counters
+        if view_fields is not None:
+            op.extra.update(view_fields(spec, op.state))
         if status in (Status.IN_PROGRESS, Status.RECOVERING):
             check_transition(status, Status.PENDING)
             op.status = Status.PENDING  # resumed on start: queue it again

@@ -11,6 +11,10 @@ attempt (statuses, retries, breaker, snapshots, events); a kind only has to
   consistent with what is durable at every moment,
 - ``discard`` partial results on cancel.
 
+A kind may also offer ``view_fields(spec, state) -> dict`` (``step``,
+``steps_done``, ``steps_total``) for the operation's view before its first
+progress report, e.g. right after a restart.
+
 An attempt may also return `CONTINUE`: "a unit of work is done and durable;
 run the next attempt now". The engine then frees the concurrency slot, asks
 for one again and asks the breaker about ``scope`` again, without counting

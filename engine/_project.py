@@ -151,6 +151,13 @@ class ProjectKind:
     def resource_key(self, spec: ProjectSpec) -> str | None:
         return f"project:{spec.name}"
 
+    def view_fields(self, spec: ProjectSpec, state: dict[str, Any]) -> dict[str, Any]:
+        """Step counters for the operation's view before any progress is reported
+        (a new project, or one loaded after a restart)."""
+        total = len(spec.steps)
+        done = _done(state, total)
+        return {"step": min(done + 1, total), "steps_done": done, "steps_total": total}
+
     def describe(self, spec: ProjectSpec) -> dict[str, Any]:
         """Name and steps, each described by its own kind (no credentials)."""
         return {

@@ -224,7 +224,9 @@ async def test_restart_continues_at_the_first_unfinished_step(server: FaultServe
             while "step3 started" not in lines(counter):
                 await trio.sleep(0.01)
         async with open_engine(tmp_path / "state", fast(tmp_path)) as eng:
+            loaded = eng.get(op.id)  # the view knows the step before any progress report
             final = await eng.wait(op.id)
+    assert (loaded.step, loaded.steps_done, loaded.steps_total) == (3, 2, 4)
     assert final.status is Status.SUCCESS
     assert lines(counter) == ["step2", "step3 started", "step3 started", "step4"]
     assert len(server.stats.paths["/a.bin"].ranges) == 1
