@@ -22,7 +22,7 @@ import attrs
 import httpx
 import trio
 
-from supervisors import Supervisor, open_supervisor
+from supervisors import ActorGone, Supervisor, open_supervisor
 
 from ._breaker import BreakerActor, BreakerState
 from ._convert import converter
@@ -278,7 +278,10 @@ class Engine:
             await trio.lowlevel.checkpoint()
             refuse_control(control, op.status, op.error)
             return op.view()
-        return await op.address.ask(control)
+        try:
+            return await op.address.ask(control)
+        except ActorGone:
+            raise RefusedError("E_INVALID_STATE", "the engine is shutting down") from None
 
     def _start_actor(self, op: OpActor) -> None:
         assert self._supervisor is not None

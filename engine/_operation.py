@@ -23,7 +23,7 @@ from supervisors import Backoff, GiveUp, Mailbox, Request, RetryPolicy, open_mai
 from ._breaker import Go
 from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
 from ._kinds import CONTINUE, AttemptContext, Kind
-from ._model import FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
+from ._model import FINISHED, TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
 from ._store import OpSnapshot
 
 if TYPE_CHECKING:
@@ -150,7 +150,12 @@ class OpActor:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_mailbox, nursery.cancel_scope)
                 try:
-                    await self._work()
+                    while True:
+                        try:
+                            await self._work()
+                            break
+                        except Exception as exc:  # noqa: BLE001 - a bug must not orphan the operation
+                            self._crashed(exc)  # failed with E_INTERNAL; the worker parks again
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -203,6 +208,25 @@ class OpActor:
                         self.save()
                     except OSError as exc:  # pragma: no cover - disk trouble at shutdown
                         log.error("op %s: could not write its final snapshot: %s", self.id, exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        """The worker hit a bug: fail the operation with E_INTERNAL, keep its data and actor."""
+        log.error("op %s: internal error in the engine: %r", self.id, exc, exc_info=exc)
+        self._activity_scope = None
+        self._backoff_deadline = None
+        self._release_resources()
+        failed = error("E_INTERNAL", f"internal error in the engine: {type(exc).__name__}: {exc}")
+        if self.status is not F and (self.status, F) in TRANSITIONS:
+            self._set_status(F, error=failed)
+        elif self.status not in (F, X, Z):
+            previous, self.status, self.error = self.status, F, failed  # no table row: say so loudly
+            self.engine._status_changed(self, previous)
+        self.save()
+        if self._intent is not None:
+            _, request = self._intent
+            self._intent = None
+            request.fail(RefusedError("E_INTERNAL", f"internal error in the engine: {exc!r}"))
+            self._intent_done.set()
 
     # -- intents (controls accepted by the reader) ---------------------------------
 

@@ -115,3 +115,24 @@ async def test_attempt_indicator_while_recovering(eng, autojump_clock) -> None:
     view = eng.get(op.id)
     assert view.status is Status.RECOVERING and (view.attempt, view.max_retries) == (2, 5)
     assert view.next_retry_at is not None and view.next_retry_at > time.time()
+
+
+async def test_a_bug_in_the_worker_fails_the_op_and_keeps_its_actor(eng, scripted, monkeypatch, autojump_clock) -> None:
+    """An engine bug while handling an attempt ends in failed/E_INTERNAL; controls still work."""
+    from engine._operation import OpActor
+
+    original = OpActor._succeeded
+    calls = {"n": 0}
+
+    def broken(self: OpActor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug")
+        original(self)
+
+    monkeypatch.setattr(OpActor, "_succeeded", broken)
+    op = await eng.submit(spec("x", "ok"))
+    final = await eng.wait(op.id)
+    assert final.status is Status.FAILED and final.error.code == "E_INTERNAL" and "KeyError" in final.error.message
+    await eng.force_retry(op.id)
+    assert (await eng.wait(op.id)).status is Status.SUCCESS
