@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "RecoveryError": "._errors",
     "RefusedError": "._errors",
     "Settings": "._settings",
+    "StateDirError": "._errors",
     "StateDirLocked": "._errors",
     "Statistics": "._stats",
     "Status": "._model",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ._errors import ErrorInfo as ErrorInfo
     from ._errors import RecoveryError as RecoveryError
     from ._errors import RefusedError as RefusedError
+    from ._errors import StateDirError as StateDirError
     from ._errors import StateDirLocked as StateDirLocked
     from ._errors import ERRORS as ERRORS
     from ._errors import classify_exception as classify_exception

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ._errors import RefusedError, StateDirLocked
+from ._errors import RefusedError, StateDirError
 
 __all__ = ["add_parsers"]
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         trio.run(partial(_main, args, state_dir, overrides, outcome))
     except BaseException as exc:  # noqa: BLE001 - nurseries wrap the one error that matters
         cause = _single(exc)
-        if isinstance(cause, StateDirLocked):
+        if isinstance(cause, StateDirError):
             print(f"recovery serve: {cause}", file=sys.stderr)
         elif isinstance(cause, RefusedError):
             print(f"recovery serve: {cause.code}: {cause.message}", file=sys.stderr)
@@ -102,8 +102,7 @@ async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, 
 
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        log_path = setup_logging(state_dir)
+        log_path = setup_logging(state_dir)  # creates the state dir, or says why it cannot
         async with open_engine(state_dir, overrides=overrides) as engine:
             async with trio.open_nursery() as nursery:
 

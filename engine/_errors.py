@@ -8,7 +8,8 @@ foreign exception types.  The exceptions the engine raises form one tree::
     RecoveryError            root of everything the engine raises
     ├── RefusedError         a control, submission or setting was refused
     │                        (.code, .message, .field; E_INVALID_STATE, ...)
-    ├── StateDirLocked       another engine owns this state directory
+    ├── StateDirError        the state directory cannot be used
+    │   └── StateDirLocked   another engine owns this state directory
     └── AttemptFailed        one attempt failed; .error is the classified
                              ErrorInfo, .retry_after_s the server's hint
 
@@ -39,7 +40,7 @@ import trio
 
 __all__ = [
     "ERRORS", "AttemptFailed", "ErrorInfo", "ErrorKind", "RecoveryError", "RefusedError",
-    "StateDirLocked", "classify_exception", "classify_install", "classify_status", "error",
+    "StateDirError", "StateDirLocked", "classify_exception", "classify_install", "classify_status", "error",
     "failure", "parse_retry_after",
 ]
 
@@ -147,7 +148,11 @@ class RefusedError(RecoveryError):
         return out
 
 
-class StateDirLocked(RecoveryError):
+class StateDirError(RecoveryError):
+    """The state directory cannot be used (missing parent, no permission, read-only...)."""
+
+
+class StateDirLocked(StateDirError):
     """Another engine owns this state directory."""
 
 

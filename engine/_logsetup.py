@@ -124,7 +124,14 @@ def setup_logging(state_dir: str | os.PathLike[str], *, level: int = logging.INF
     log file's path.
     """
     logs = Path(state_dir).expanduser() / "logs"
-    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        from ._errors import StateDirError
+
+        raise StateDirError(f"cannot use the state directory {Path(state_dir).expanduser()}: "
+                            f"{exc.strerror or exc}; choose another with --state-dir or "
+                            "$RECOVERY_STATE_DIR") from exc
     path = logs / "recovery.log"
     handlers = _handlers(level, path, console_level)
     for name in LOGGERS:

@@ -20,7 +20,7 @@ import trio
 
 from ._display import JsonLines, ProgressDisplay
 from ._engine import Engine, open_engine
-from ._errors import RecoveryError, RefusedError, StateDirLocked
+from ._errors import RecoveryError, RefusedError, StateDirError
 from ._model import Operation, Status
 from ._settings import Settings, parse_setting_assignments
 
@@ -173,11 +173,11 @@ def run_cli(make_specs: Callable[[], Sequence[Any]], args: argparse.Namespace, *
         field = f" (field: {exc.field})" if exc.field else ""
         print(f"recovery: {exc.message}{field}", file=sys.stderr)
         return EXIT_USAGE
-    setup_cli_logging(args.state_dir)
     try:
+        setup_cli_logging(args.state_dir)
         return trio.run(lambda: run_specs(specs, state_dir=args.state_dir, overrides=overrides,
                                           json_mode=args.json, **kwargs))
-    except StateDirLocked as exc:
+    except StateDirError as exc:
         print(f"recovery: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import attrs
 import msgpack
 
 from ._convert import converter
-from ._errors import StateDirLocked
+from ._errors import StateDirError, StateDirLocked
 
 __all__ = ["SCHEMA", "OpSnapshot", "SnapshotProblem", "SnapshotStore", "atomic_write", "default_state_dir"]
 
@@ -114,11 +114,21 @@ class SnapshotStore:
         return self.root / "operations"
 
     def open(self) -> None:
-        """Create the directories (0700) and take the lock, or raise `StateDirLocked`."""
-        _ensure_private_dir(self.root)
-        _ensure_private_dir(self.ops_dir)
-        _ensure_private_dir(self.root / "logs")
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Create the directories (0700) and take the lock.
+
+        Raises `StateDirLocked` when another engine holds it, `StateDirError`
+        when the directory cannot be made or used (naming it and the reason).
+        """
+        try:
+            _ensure_private_dir(self.root)
+            _ensure_private_dir(self.ops_dir)
+            _ensure_private_dir(self.root / "logs")
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateDirError(
+                f"cannot use the state directory {self.root}: {exc.strerror or exc}; "
+                "choose another with --state-dir or $RECOVERY_STATE_DIR"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
