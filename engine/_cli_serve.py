@@ -124,6 +124,8 @@ async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, 
                 nursery.start_soon(watch_signals)
                 url: str = await nursery.start(serve)
                 _banner(url, engine.state_dir, log_path, args, is_loopback(args.host))
+                for problem in engine.load_problems:
+                    print(f"snapshot not loaded: {problem.path}: {problem.reason}", file=sys.stderr, flush=True)
 
 
 def _banner(url: str, state_dir: Path, log_path: Path, args: argparse.Namespace, loopback: bool) -> None:

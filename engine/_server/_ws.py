@@ -52,6 +52,9 @@ def events_endpoint(engine: Engine, closing: trio.Event | None = None) -> Any:
         close_code = CLOSE_GOING_AWAY
         try:
             await websocket.send_text(dumps(snapshot_message(engine)))
+            for problem in engine.load_problems:  # found at start, before anyone could listen
+                await websocket.send_text(dumps({"type": "snapshot_corrupt", "ts": time.time(),
+                                                 "path": problem.path, "reason": problem.reason}))
             async with trio.open_nursery() as nursery:
 
                 async def read() -> None:

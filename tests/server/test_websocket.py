@@ -181,3 +181,27 @@ async def test_forgetting_an_operation_is_an_event(api):
             if ev["type"] == "forgotten":
                 break
     assert ev["op_id"] == op.id
+
+
+async def test_snapshot_problems_found_at_start_reach_each_client(tmp_path):
+    """A corrupt snapshot found at start is reported to every WebSocket client after its snapshot."""
+    from functools import partial
+
+    from engine import Settings, open_engine
+    from engine._server import serve_control
+
+    ops = tmp_path / "state" / "operations"
+    ops.mkdir(parents=True)
+    (ops / "broken.msgpack").write_bytes(b"\xc1 not msgpack")
+    async with open_engine(tmp_path / "state", Settings(download_root=str(tmp_path))) as engine:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_control, engine, port=0))
+            token = (engine.state_dir / "token").read_text().strip()
+            headers = [(b"authorization", f"Bearer {token}".encode())]
+            async with open_websocket_url(url.replace("http://", "ws://") + "/api/events",
+                                          extra_headers=headers) as ws:
+                assert (await next_event(ws))["type"] == "snapshot"
+                problem = await next_event(ws)
+            nursery.cancel_scope.cancel()
+    assert problem["type"] == "snapshot_corrupt" and problem["path"].endswith("broken.msgpack")
+    assert "decoded" in problem["reason"]
