@@ -87,6 +87,12 @@ async def run_specs(
         async with open_engine(state_dir, overrides=overrides, **(engine_kwargs or {})) as eng:
             if on_ready is not None:
                 on_ready(eng)
+            for problem in eng.load_problems:  # found while loading, before anyone listened
+                if json_mode:
+                    JsonLines().event({"type": "snapshot_corrupt", "ts": time.time(), "path": problem.path,
+                                       "reason": problem.reason})
+                else:
+                    print(f"recovery: snapshot not loaded: {problem.path}: {problem.reason}", file=sys.stderr)
             sub = eng.subscribe_nowait() if json_mode else None
             ids: list[str] = []
             try:
