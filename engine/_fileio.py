@@ -8,6 +8,7 @@ never happened. Writes go to the page cache and are cheap. The periodic
 written since the last one), so `start_sync` runs it in a plain helper
 thread that nobody awaits: the download keeps receiving, and `poll_sync`
 (a non-blocking check) moves ``durable`` forward once that fsync returned.
+Under a test's mock clock it runs inline instead (see ``engine._clocks``).
 `sync` is the blocking form, used at the end and on the way out.
 
 `PartFile` only tracks two numbers: ``size`` (bytes written, the file
@@ -27,6 +28,8 @@ from collections.abc import Iterator
 from typing import Callable, Union
 
 import attrs
+
+from ._clocks import under_mock_clock
 
 __all__ = ["PartFile", "Writer", "free_bytes", "fsync_dir", "replace_durably"]
 
@@ -106,7 +109,7 @@ class PartFile:
         fd = self._require_fd()
         if self._bg is not None or self.size == self.durable:
             return False
-        self._bg = _BackgroundSync.start(fd, self.size)
+        self._bg = _BackgroundSync.start(fd, self.size, inline=under_mock_clock())
         return True
 
     def poll_sync(self) -> int:
@@ -123,7 +126,7 @@ class PartFile:
         bg, self._bg = self._bg, None
         if bg is None:
             return 0
-        bg.thread.join()
+        bg.join()
         if bg.error is not None:
             with _naming(self.path):
                 raise bg.error
@@ -148,7 +151,7 @@ class PartFile:
         fd = self._require_fd()
         if self._bg is not None:  # its result is about to be meaningless
             bg, self._bg = self._bg, None
-            bg.thread.join()
+            bg.join()
         dropped = self.size
         with _naming(self.path):
             os.ftruncate(fd, 0)
@@ -163,7 +166,7 @@ class PartFile:
     def close(self) -> None:
         if self._bg is not None:  # the helper still uses the fd
             bg, self._bg = self._bg, None
-            bg.thread.join()
+            bg.join()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
@@ -174,14 +177,14 @@ class _BackgroundSync:
     """One ``fsync`` in a helper thread, covering the first ``target`` bytes."""
 
     target: int
-    thread: threading.Thread
+    thread: threading.Thread | None
     done: threading.Event
     error: OSError | None = None
 
     @classmethod
-    def start(cls, fd: int, target: int) -> "_BackgroundSync":
+    def start(cls, fd: int, target: int, *, inline: bool = False) -> "_BackgroundSync":
+        """Start the fsync; ``inline`` runs it now, in this thread (under a mock clock)."""
         done = threading.Event()
-        bg = cls(target, threading.Thread(name="engine-fsync", daemon=True), done)
 
         def run() -> None:
             try:
@@ -191,9 +194,17 @@ class _BackgroundSync:
             finally:
                 done.set()
 
-        bg.thread = threading.Thread(target=run, name="engine-fsync", daemon=True)
-        bg.thread.start()
+        bg = cls(target, None, done)
+        if inline:
+            run()
+        else:
+            bg.thread = threading.Thread(target=run, name="engine-fsync", daemon=True)
+            bg.thread.start()
         return bg
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 @attrs.define(eq=False)

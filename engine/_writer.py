@@ -23,7 +23,6 @@ import ctypes.util
 import logging
 import os
 import secrets
-import sys
 from typing import Any, Callable
 
 import attrs
@@ -31,6 +30,7 @@ import msgpack
 import trio
 
 from ._convert import converter
+from ._clocks import under_mock_clock
 from ._store import SCHEMA, OpSnapshot, SnapshotStore
 
 __all__ = ["SnapshotWriter"]
@@ -218,12 +218,5 @@ class SnapshotWriter:
 
 
 def _off_loop() -> bool:
-    """Write in a worker thread, except under a mock clock.
-
-    A test's `MockClock` with autojump treats a task waiting for a thread as
-    idle and jumps to the next deadline, which would fire timeouts that real
-    time never would. Under a mock clock the writer therefore does its I/O
-    on the loop; everywhere else it keeps the loop free.
-    """
-    testing = sys.modules.get("trio.testing")  # never imported here: it pulls in pytest
-    return testing is None or not isinstance(trio.lowlevel.current_clock(), testing.MockClock)
+    """Write in a worker thread, except under a mock clock (see `engine._clocks`)."""
+    return not under_mock_clock()
