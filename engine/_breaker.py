@@ -195,7 +195,7 @@ class BreakerActor:
             scope.waiters.pop(msg.op_id, None)
             scope.in_flight.add(msg.op_id)
             return Go(probe=True)
-        _, probes, _, _ = self._probe_settings()
+        _, _, probes, _ = self.settings()
         if not scope.waiters and len(scope.in_flight) + len(scope.granted) < probes:
             scope.in_flight.add(msg.op_id)
             return Go(probe=True)
@@ -244,10 +244,6 @@ class BreakerActor:
 
     # -- transitions ---------------------------------------------------------
 
-    def _probe_settings(self) -> tuple[int, int, float, float]:
-        threshold, reset_s, probes, max_delay_s = self.settings()
-        return threshold, probes, reset_s, max_delay_s
-
     def _open(self, scope: _Scope) -> None:
         _, reset_s, _, max_delay_s = self.settings()
         scope.until = trio.current_time() + min(max_delay_s, reset_s * 2 ** min(scope.opens, 60))
@@ -265,7 +261,7 @@ class BreakerActor:
     def _grant_probes(self, scope: _Scope, *, quiet: bool = False) -> None:
         if scope.state != "half_open":
             return
-        _, probes, _, _ = self._probe_settings()
+        _, _, probes, _ = self.settings()
         for op_id in list(scope.waiters):
             if len(scope.in_flight) + len(scope.granted) >= probes:
                 break

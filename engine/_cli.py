@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"engine.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"engine.{name}":
-                continue  # that group of commands is not built yet
-            raise
-        module.add_parsers(sub)
+        importlib.import_module(f"engine.{name}").add_parsers(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ import trio
 from supervisors import ActorGone, Supervisor, open_supervisor
 
 from ._breaker import BreakerActor, BreakerState
+from ._clocks import under_mock_clock
 from ._convert import converter
 from ._errors import ErrorInfo, RefusedError
 from ._events import EventBus, Subscription
@@ -45,27 +46,23 @@ _STATS_FLUSH_S = 1.0
 
 
 def builtin_kinds() -> KindRegistry:
-    """A registry with the download, install and project kinds that exist."""
+    """A registry with the built-in download, install and project kinds."""
+    from ._download import DownloadKind
+    from ._install import InstallKind
+    from ._project import ProjectKind
+
     registry = KindRegistry()
-    try:
-        from ._download import DownloadKind
-    except ImportError:  # pragma: no cover - kind not built yet
-        pass
-    else:
-        registry.register(DownloadKind())
-    try:
-        from ._install import InstallKind
-    except ImportError:  # pragma: no cover - kind not built yet
-        pass
-    else:
-        registry.register(InstallKind())
-    try:
-        from ._project import ProjectKind
-    except ImportError:  # pragma: no cover - kind not built yet
-        pass
-    else:
-        registry.register(ProjectKind(registry))
+    registry.register(DownloadKind())
+    registry.register(InstallKind())
+    registry.register(ProjectKind(registry))
     return registry
+
+
+def _seed_view(op: OpActor) -> None:
+    """Fields a kind can tell before any progress report (``Kind.view_fields``, optional)."""
+    view_fields = getattr(op.kind, "view_fields", None)
+    if view_fields is not None:
+        op.extra.update(view_fields(op.spec, op.state))
 
 
 def _new_id() -> str:
@@ -157,9 +154,7 @@ class Engine:
                 return self._ops[owner].view()
         self._seq += 1
         op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
-        view_fields = getattr(kind, "view_fields", None)
-        if view_fields is not None:
-            op.extra.update(view_fields(spec, op.state))
+        _seed_view(op)
         self._ops[op.id] = op
         if resource is not None:
             self._by_resource[resource] = op.id
@@ -423,9 +418,7 @@ class Engine:
             first_failure_at=snap.first_failure_at, output_tail=list(snap.output_tail),
             resource=kind.resource_key(spec),
         )
-        view_fields = getattr(kind, "view_fields", None)  # optional: a project's step counters
-        if view_fields is not None:
-            op.extra.update(view_fields(spec, op.state))
+        _seed_view(op)
         if status in (Status.IN_PROGRESS, Status.RECOVERING):
             check_transition(status, Status.PENDING)
             op.status = Status.PENDING  # resumed on start: queue it again
@@ -435,13 +428,21 @@ class Engine:
         while True:
             await trio.sleep(_STATS_FLUSH_S)
             if self._stats_dirty:
-                self._flush_stats()
+                self._stats_dirty = False
+                record = self._stats.to_record()
+                if under_mock_clock():
+                    self._write_stats(record)
+                else:  # two fsyncs: not on the event loop (see engine._clocks)
+                    await trio.to_thread.run_sync(self._write_stats, record)
                 self._events.publish("stats", None, **self.statistics().to_dict())
 
     def _flush_stats(self) -> None:
         self._stats_dirty = False
+        self._write_stats(self._stats.to_record())
+
+    def _write_stats(self, record: dict[str, Any]) -> None:
         try:
-            self._store.write_stats(self._stats.to_record())
+            self._store.write_stats(record)
         except OSError as exc:
             log.error("could not write statistics: %s", exc)
 

@@ -43,7 +43,6 @@ import os
 import shlex
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import attrs

@@ -164,6 +164,3 @@ class KindRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._kinds)
-
-    def copy(self) -> "KindRegistry":
-        return KindRegistry(dict(self._kinds))

@@ -21,9 +21,10 @@ import trio
 from supervisors import Backoff, GiveUp, Mailbox, Request, RetryPolicy, open_mailbox
 
 from ._breaker import Go
+from ._convert import converter
 from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
 from ._kinds import CONTINUE, AttemptContext, Kind
-from ._model import FINISHED, TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
+from ._model import TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
 from ._store import OpSnapshot
 
 if TYPE_CHECKING:
@@ -103,8 +104,6 @@ class OpActor:
         )
 
     def snapshot(self) -> OpSnapshot:
-        from ._convert import converter
-
         return OpSnapshot(
             id=self.id, kind=self.kind.name, seq=self.seq, spec=converter.unstructure(self.spec),
             status=self.status.value, error=self.error.to_dict() if self.error else None,
@@ -139,7 +138,7 @@ class OpActor:
         self.changed = trio.Event()
 
     def save(self) -> None:
-        """Write the snapshot now (atomic; see `SnapshotStore.write`)."""
+        """Have the snapshot written (batched and durable soon; see `SnapshotWriter`)."""
         self.engine._save(self)
 
     # -- the actor ---------------------------------------------------------------
@@ -482,6 +481,3 @@ def _breaker_outcome(outcome: AttemptFailed | None, ctx: AttemptContext | None) 
         return "failure"
     return "neutral"
 
-
-def is_finished(status: Status) -> bool:
-    return status in FINISHED

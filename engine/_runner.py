@@ -9,7 +9,6 @@ the outcome to the exit code.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import time
@@ -46,12 +45,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def setup_cli_logging(state_dir: Path | None) -> None:
     """Log to ``<state_dir>/logs/recovery.log``, never over the progress bars."""
-    try:
-        from ._logsetup import setup_logging
-    except ImportError:  # pragma: no cover - file logging not built yet
-        logging.getLogger("engine").addHandler(logging.NullHandler())
-        logging.getLogger("engine").propagate = False
-        return
+    from ._logsetup import setup_logging
     from ._store import default_state_dir
 
     setup_logging(state_dir or default_state_dir())

@@ -21,7 +21,8 @@ import msgpack
 from ._convert import converter
 from ._errors import StateDirError, StateDirLocked
 
-__all__ = ["SCHEMA", "OpSnapshot", "SnapshotProblem", "SnapshotStore", "atomic_write", "default_state_dir"]
+__all__ = ["SCHEMA", "OpSnapshot", "SnapshotProblem", "SnapshotStore", "atomic_write", "default_state_dir",
+           "fsync_dir_fd", "write_temp"]
 
 #: Version of the snapshot format written by this code.
 SCHEMA = 1
@@ -67,30 +68,44 @@ class SnapshotProblem:
     moved_to: str | None
 
 
-def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never half."""
+def write_temp(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> Path:
+    """Write ``data`` to a new temp file beside ``path`` and return it (removed on failure).
+
+    The first half of every atomic write here; the caller renames it into
+    place once it is durable (``fsync`` now, or one ``syncfs`` for a batch).
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def fsync_dir_fd(dir_fd: int | None, path: Path) -> None:
+    """fsync a directory by its open descriptor, or open ``path`` for it."""
     if dir_fd is not None:
         os.fsync(dir_fd)
-    else:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        return
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never half."""
+    os.replace(write_temp(path, data, mode=mode), path)
+    fsync_dir_fd(dir_fd, path.parent)
 
 
 def _ensure_private_dir(path: Path) -> None:
@@ -161,10 +176,10 @@ class SnapshotStore:
     def path_for(self, op_id: str) -> Path:
         return self.ops_dir / f"{op_id}.msgpack"
 
-    def write(self, snap: OpSnapshot) -> None:
-        payload = {"schema": SCHEMA, "operation": converter.unstructure(snap)}
-        atomic_write(self.path_for(snap.id), msgpack.packb(payload, use_bin_type=True),
-                     dir_fd=self._ops_fd)
+    @staticmethod
+    def encode(snap: OpSnapshot) -> bytes:
+        """The bytes of a snapshot file (writes go through `SnapshotWriter`)."""
+        return msgpack.packb({"schema": SCHEMA, "operation": converter.unstructure(snap)}, use_bin_type=True)
 
     def delete(self, op_id: str) -> None:
         try:

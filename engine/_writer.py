@@ -22,16 +22,14 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import secrets
-from typing import Any, Callable
+from pathlib import Path
+from typing import Callable
 
 import attrs
-import msgpack
 import trio
 
-from ._convert import converter
 from ._clocks import under_mock_clock
-from ._store import SCHEMA, OpSnapshot, SnapshotStore
+from ._store import OpSnapshot, SnapshotStore, fsync_dir_fd, write_temp
 
 __all__ = ["SnapshotWriter"]
 
@@ -158,8 +156,7 @@ class SnapshotWriter:
         for op_id in ids:
             snapshot = self._dirty.pop(op_id)
             tickets.extend(self._tickets.pop(op_id, []))
-            payload = {"schema": SCHEMA, "operation": converter.unstructure(snapshot())}
-            prepared.append((op_id, msgpack.packb(payload, use_bin_type=True)))
+            prepared.append((op_id, SnapshotStore.encode(snapshot())))
         self._inflight = {op_id for op_id, _ in prepared}
         return tickets, prepared
 
@@ -186,35 +183,22 @@ class SnapshotWriter:
         return None
 
     def _commit(self, prepared: list[tuple[str, bytes]]) -> None:
-        ops_dir = self.store.ops_dir
-        temps: list[tuple[str, str]] = []
+        temps: list[tuple[Path, Path]] = []
         try:
             for op_id, data in prepared:
-                tmp = os.path.join(ops_dir, f".{op_id}.msgpack.{secrets.token_hex(4)}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                temps.append((tmp, str(self.store.path_for(op_id))))
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if _SYNCFS is None:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
+                final = self.store.path_for(op_id)
+                temps.append((write_temp(final, data, fsync=_SYNCFS is None), final))
             dir_fd = self.store.ops_fd()
             if _SYNCFS is not None and _SYNCFS(dir_fd) != 0:
                 err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(ops_dir))
+                raise OSError(err, os.strerror(err), str(self.store.ops_dir))
             for tmp, final in temps:
                 os.replace(tmp, final)
             temps = []
-            os.fsync(dir_fd)
+            fsync_dir_fd(dir_fd, self.store.ops_dir)
         finally:
             for tmp, _ in temps:  # a failed batch leaves no temp files behind
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                tmp.unlink(missing_ok=True)
 
 
 def _off_loop() -> bool:
