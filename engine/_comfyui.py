@@ -48,7 +48,7 @@ from typing import Any
 
 import attrs
 
-from ._download import _validate_url, redact_url
+from ._names import redact_url, validate_url
 from ._errors import RefusedError
 from ._specs import DownloadSpec, ProjectSpec
 
@@ -341,7 +341,7 @@ def _check_directory(directory: Any) -> str:
 
 def _check_url(url: Any) -> str:
     try:
-        return _validate_url(url)
+        return validate_url(url)
     except RefusedError as exc:
         raise _Unsafe(exc.message) from None
 

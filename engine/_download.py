@@ -47,16 +47,10 @@ same directory, unless a file of that name already exists, and
 from __future__ import annotations
 
 import contextlib
-import email.message
 import hashlib
 import logging
 import os
-import queue
 import re
-import socket
-import threading
-import unicodedata
-import urllib.parse
 from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any, Callable, Literal
@@ -69,8 +63,22 @@ from ._units import human_bytes
 from ._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
 from ._fileio import PartFile, Writer, free_bytes, replace_durably
 from ._kinds import AttemptContext
+from ._names import (
+    FALLBACK_NAME,
+    dest_within_root,
+    name_from_content_disposition,
+    name_from_url,
+    redact_url,
+    resolve_dest,
+    safe_basename,
+    url_scope,
+    validate_headers,
+    validate_sha256,
+    validate_url,
+)
 from ._settings import Settings
 from ._specs import DownloadSpec, redact_headers
+from ._wire import HashWorker, ReadBatcher, widen_reads
 
 __all__ = [
     "FALLBACK_NAME",
@@ -83,78 +91,11 @@ __all__ = [
 
 log = logging.getLogger("engine.download")
 
-#: The file name used when neither the URL nor the user gives one.
-FALLBACK_NAME = "download"
 PART_SUFFIX = ".part"
-_MAX_NAME_BYTES = 200  # leaves room for ".part" under the usual 255-byte limit
 _CLOSE_GRACE_S = 1.0
-_SCHEMES = {"http": 80, "https": 443}
-# Headers the download manages itself; a spec may not set them.
-_MANAGED_HEADERS = frozenset({"range", "if-range"})
-# Query keys whose values are credentials in signed URLs (S3, GCS, Azure SAS,
-# CloudFront, Hugging Face, generic tokens).
-_SECRET_QUERY_KEYS = frozenset({
-    "token", "access_token", "auth", "authorization", "sig", "signature", "key", "api_key",
-    "apikey", "api-key", "password", "passwd", "secret", "client_secret", "credential",
-    "policy", "key-pair-id", "session", "sessionid", "code",
-})
-_SECRET_QUERY_WORDS = ("token", "secret", "signature", "password", "credential")
-_SECRET_QUERY_PREFIXES = ("x-amz-", "x-goog-")
-_WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-# Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
-# read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
-# loopback download. The kernel returns what it has, so a larger request never delays
-# data on a slow link.
-_READ_BYTES = 1024 * 1024
-_LOWAT_MAX = 256 * 1024  # wake for at most this many bytes at once (SO_RCVLOWAT)
-_LOWAT_WARMUP = 1024 * 1024  # measure the rate over this much before batching
-_STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
 
 
 # --- names, paths and redaction ------------------------------------------------
-
-
-def safe_basename(name: str) -> str | None:
-    """Reduce a server-supplied file name to a safe base name, or None if nothing is left.
-
-    Keeps only the last path component (``/`` and ``\\`` both separate),
-    drops control and format characters (bidi overrides too), replaces
-    characters Windows refuses, strips leading dots (no ``..``, no hidden
-    files) and trailing dots and spaces, and caps the length.
-    """
-    name = unicodedata.normalize("NFC", name)
-    name = re.split(r"[/\\]", name)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
-    name = _WINDOWS_RESERVED.sub("_", name)
-    name = name.strip().lstrip(".").strip().rstrip(". ")
-    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or len(suffix.encode("utf-8")) > 20:
-            stem, suffix = name, ""
-        keep = _MAX_NAME_BYTES - len(suffix.encode("utf-8")) - (1 if suffix else 0)
-        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore").rstrip(". ")
-        name = f"{stem}.{suffix}" if suffix else stem
-    return name or None
-
-
-def name_from_url(url: str) -> str | None:
-    """The safe base name of the URL path's last segment, or None."""
-    path = urllib.parse.urlsplit(url).path
-    return safe_basename(urllib.parse.unquote(path.rsplit("/", 1)[-1]))
-
-
-def name_from_content_disposition(value: str | None) -> str | None:
-    """The safe base name a ``Content-Disposition`` header suggests (``filename*`` wins)."""
-    if not value:
-        return None
-    msg = email.message.Message()
-    msg["content-disposition"] = value
-    try:
-        raw = msg.get_filename()
-    except (ValueError, LookupError):
-        return None
-    return safe_basename(raw) if raw else None
 
 
 def download_paths(spec: DownloadSpec) -> tuple[Path, Path]:
@@ -163,107 +104,6 @@ def download_paths(spec: DownloadSpec) -> tuple[Path, Path]:
         raise ValueError("the spec has no destination; validate it first")
     dest = Path(spec.dest)
     return dest, dest.with_name(dest.name + PART_SUFFIX)
-
-
-def dest_within_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
-    """True when ``path`` (symlinks resolved; relative to ``root``) lies strictly inside ``root``."""
-    root_path = Path(root).resolve()
-    target = Path(path)
-    if not target.is_absolute():
-        target = root_path / target
-    target = target.resolve()
-    return target != root_path and target.is_relative_to(root_path)
-
-
-def _secret_query_key(key: str) -> bool:
-    low = urllib.parse.unquote_plus(key).lower()
-    return (low in _SECRET_QUERY_KEYS or low.startswith(_SECRET_QUERY_PREFIXES)
-            or any(word in low for word in _SECRET_QUERY_WORDS))
-
-
-def redact_url(url: str) -> str:
-    """``url`` safe to show: userinfo dropped, credential-like query values replaced by ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    pairs = []
-    for pair in parts.query.split("&") if parts.query else []:
-        key, sep, _value = pair.partition("=")
-        pairs.append(f"{key}=***" if sep and _secret_query_key(key) else pair)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
-
-
-def _refuse(field: str, message: str) -> RefusedError:
-    return RefusedError("E_INVALID_INPUT", message, field=field)
-
-
-def _validate_url(url: Any) -> str:
-    if not isinstance(url, str) or not url:
-        raise _refuse("url", "the URL must be a non-empty string")
-    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
-        raise _refuse("url", "the URL contains whitespace or control characters")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL):
-        raise _refuse("url", f"not a valid URL: {redact_url(url)}") from None
-    if parts.scheme.lower() not in _SCHEMES:
-        scheme = parts.scheme or "(none)"
-        raise _refuse("url", f"only http and https URLs are accepted, not {scheme}")
-    if not parts.hostname:
-        raise _refuse("url", "the URL has no host")
-    return url
-
-
-def _validate_sha256(sha: Any) -> str | None:
-    if sha is None:
-        return None
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.strip().lower()):
-        raise _refuse("sha256", "sha256 must be 64 hexadecimal characters")
-    return sha.strip().lower()
-
-
-def _validate_headers(headers: Any) -> dict[str, str]:
-    if headers is None:
-        return {}
-    if not isinstance(headers, dict):
-        raise _refuse("headers", "headers must be a mapping of names to values")
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise _refuse("headers", "header names and values must be strings")
-        if not name or any(ch in name for ch in ":\r\n") or any(ch in value for ch in "\r\n\x00"):
-            raise _refuse("headers", f"header {name!r} has an invalid name or value")
-        if name.lower() in _MANAGED_HEADERS:
-            raise _refuse("headers", f"the {name} header is managed by the download itself")
-    return dict(headers)
-
-
-def _resolve_dest(dest: Any, url: str, root: Path) -> Path:
-    name = name_from_url(url) or FALLBACK_NAME
-    if dest is None:
-        return root / name
-    if not isinstance(dest, (str, os.PathLike)):
-        raise _refuse("dest", "the destination must be a path")
-    raw = os.fspath(dest)
-    if not isinstance(raw, str) or not raw.strip() or "\x00" in raw:
-        raise _refuse("dest", "the destination must be a non-empty path")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = root / path
-    if raw.endswith(("/", os.sep)) or (os.altsep and raw.endswith(os.altsep)) or path.is_dir():
-        path = path / name
-    path = Path(os.path.abspath(path))
-    if path.name in ("", ".", "..") or path.is_dir():
-        raise _refuse("dest", f"the destination {path} is not a file path")
-    for parent in path.parents:
-        if os.path.lexists(parent):
-            if not parent.is_dir():
-                raise _refuse("dest", f"{parent} is not a directory")
-            break
-    return path
 
 
 def _derived_name(spec: DownloadSpec) -> bool:
@@ -302,8 +142,6 @@ def _content_length(headers: httpx.Headers) -> int | None:
     return value if value >= 0 else None
 
 
-
-
 # --- the kind -----------------------------------------------------------------------
 
 
@@ -323,11 +161,12 @@ class DownloadKind:
     def validate(self, spec: Any, settings: Settings) -> DownloadSpec:
         """Check the spec and return it with an absolute ``dest`` (see the module docstring)."""
         if not isinstance(spec, DownloadSpec):
-            raise _refuse("kind", f"a download needs a DownloadSpec, not {type(spec).__name__}")
-        url = _validate_url(spec.url)
-        sha = _validate_sha256(spec.sha256)
-        headers = _validate_headers(spec.headers)
-        dest = _resolve_dest(spec.dest, url, settings.download_root_path)
+            raise RefusedError("E_INVALID_INPUT", f"a download needs a DownloadSpec, not {type(spec).__name__}",
+                               field="kind")
+        url = validate_url(spec.url)
+        sha = validate_sha256(spec.sha256)
+        headers = validate_headers(spec.headers)
+        dest = resolve_dest(spec.dest, url, settings.download_root_path)
         return attrs.evolve(spec, url=url, dest=str(dest), sha256=sha, headers=headers)
 
     def resource_key(self, spec: DownloadSpec) -> str | None:
@@ -335,17 +174,7 @@ class DownloadKind:
 
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
         """The URL's host, lowercase, with the port when it is not the scheme's default."""
-        parts = urllib.parse.urlsplit(spec.url)
-        host = (parts.hostname or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if port is None or port == _SCHEMES.get(parts.scheme.lower()):
-            return host
-        return f"{host}:{port}"
+        return url_scope(spec.url)
 
     def describe(self, spec: DownloadSpec) -> dict[str, Any]:
         """The spec as shown in events and the API: no credentials."""
@@ -419,113 +248,6 @@ def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -
     return False
 
 
-def _widen_reads(response: httpx.Response) -> None:
-    """Let the HTTP/1.1 connection carrying ``response`` read up to `_READ_BYTES` at a time.
-
-    httpcore has no setting for it, so this follows the response's stream down
-    to the connection and sets its ``READ_NUM_BYTES`` on that one instance
-    (never the class: an embedding application's own clients are untouched).
-    Best effort: any other transport (``MockTransport``, HTTP/2) is left alone.
-    """
-    obj: Any = response.stream
-    for _ in range(8):
-        if isinstance(getattr(type(obj), "READ_NUM_BYTES", None), int):
-            obj.READ_NUM_BYTES = _READ_BYTES
-            return
-        obj = next((getattr(obj, name) for name in _STREAM_LINKS if hasattr(obj, name)), None)
-        if obj is None:
-            return
-
-
-
-class _ReadBatcher:
-    """Let the kernel wake the download only once a batch of bytes is waiting.
-
-    Each wake-up costs far more (h11, httpcore, trio, this loop) than copying
-    the bytes, and a reader that is woken for every 64 KiB that trickles in
-    spends three times the CPU of one that takes them 1 MiB at a time. So
-    the socket's ``SO_RCVLOWAT`` is set to about 50 ms worth of data at the
-    rate seen so far (at most `_LOWAT_MAX`) and never above the bytes still
-    expected, so the last ones, and a slow link, still wake it at once. It is
-    put back to 1 before the connection returns to the pool. Best effort:
-    without a plain socket underneath (TLS stays supported; only the kernel
-    socket is tuned), or on another OS, nothing changes.
-    """
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._sock: Any = None
-        self._lowat = 1
-        self._started = trio.current_time()
-        self._bytes = 0
-        stream = response.extensions.get("network_stream")
-        try:
-            sock = stream.get_extra_info("socket") if stream is not None else None
-        except Exception:  # noqa: BLE001 - an unexpected transport: leave it alone
-            sock = None
-        if sock is not None and hasattr(socket, "SO_RCVLOWAT"):
-            self._sock = sock
-
-    def received(self, nbytes: int, remaining: int | None) -> None:
-        if self._sock is None:
-            return
-        self._bytes += nbytes
-        elapsed = trio.current_time() - self._started
-        if remaining is None or self._bytes < _LOWAT_WARMUP or elapsed <= 0:
-            target = 1
-        else:
-            target = max(1, min(_LOWAT_MAX, remaining, int(self._bytes / elapsed * 0.05)))
-        self._set(target)
-
-    def _set(self, value: int) -> None:
-        if value == self._lowat:
-            return
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
-            self._lowat = value
-        except OSError:
-            self._sock = None  # not supported here: stop trying
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._set(1)
-
-
-class _HashWorker:
-    """sha256 of the body, computed in a helper thread while the next chunk is read.
-
-    hashlib releases the GIL on large buffers, so on a fast link hashing
-    overlaps the network instead of adding its ~1 s per GiB to the wall time.
-    Chunks (immutable ``bytes``) go through a bounded queue: a hash that falls
-    behind slows the loop down rather than buffering without limit.
-    `hexdigest` waits for what is queued; `close` ends the thread and is
-    called on every way out of an attempt, so no thread outlives it.
-    """
-
-    _QUEUED_CHUNKS = 16
-
-    def __init__(self, hasher: Any = None) -> None:
-        self._hasher = hasher if hasher is not None else hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self._QUEUED_CHUNKS)
-        self._thread = threading.Thread(target=self._run, name="engine-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hasher.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(bytes(chunk))  # no copy for bytes; a buffer that may change is copied
-
-    def hexdigest(self) -> str:
-        self.close()
-        return str(self._hasher.hexdigest())
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-
 _Outcome = Literal["done", "more", "restart"]
 _REFUSED_BY_SERVER = frozenset({"E_HTTP_CLIENT", "E_AUTH", "E_INVALID_INPUT", "E_TLS"})
 _VALIDATORS = ("etag", "last_modified", "total", "cd_name")
@@ -540,7 +262,7 @@ class _Transfer:
     dest: Path
     part: PartFile
     statvfs: Callable[[str], os.statvfs_result]
-    hasher: _HashWorker | None = None
+    hasher: HashWorker | None = None
     hashed: int = 0
     total: int | None = None
     _batcher: Any = None
@@ -558,7 +280,7 @@ class _Transfer:
         if self.total is not None and self.part.size > self.total:
             await self._restart(f"the partial file ({self.part.size} bytes) is larger than the file")
         if self.spec.sha256:
-            self.hasher = _HashWorker()
+            self.hasher = HashWorker()
         restarts = 0
         while True:
             before = self.part.size
@@ -605,7 +327,7 @@ class _Transfer:
             raise classify_exception(exc) from exc
         if response is None:
             raise failure("E_NET_TIMEOUT", f"no response from the server within {wait_s:g} s")
-        _widen_reads(response)
+        widen_reads(response)
         try:
             return await self._handle(response, offset)
         except (httpx.HTTPError, OSError) as exc:
@@ -709,7 +431,7 @@ class _Transfer:
         """Write the body, guarding every chunk read against a stall (not only httpx's timeout)."""
         stall_s = self.ctx.settings.stall_timeout_s
         chunks = response.aiter_raw()
-        self._batcher = _ReadBatcher(response)
+        self._batcher = ReadBatcher(response)
         try:
             await self._consume(chunks, end, stall_s)
         finally:
@@ -720,7 +442,7 @@ class _Transfer:
                     await aclose()
 
     async def _consume(self, chunks: AsyncIterator[bytes], end: int | None, stall_s: float) -> None:
-        ctx, part = self.ctx, self.part
+        part = self.part
         # One cancel scope for the whole body, its deadline pushed forward after
         # every chunk: a stall is "no byte for stall_s", without a scope per read.
         with trio.CancelScope(deadline=trio.current_time() + stall_s) as waiting:
@@ -799,7 +521,7 @@ class _Transfer:
     def _new_hash(self, hasher: Any = None) -> None:
         if self.hasher is not None:
             self.hasher.close()
-        self.hasher = _HashWorker(hasher)
+        self.hasher = HashWorker(hasher)
 
     async def _finish(self) -> None:
         size = self.part.size

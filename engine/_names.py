@@ -1,0 +1,212 @@
+"""Names, destinations and URLs for downloads: safe, validated, never leaking secrets.
+
+A file name taken from a URL or a Content-Disposition header is reduced to a
+safe base name; a destination is resolved against the download root; a URL
+must be http(s) with a host; what is shown of a URL or its headers never
+carries credentials (signed-URL query values, userinfo). The download kind
+and the ComfyUI import share these.
+"""
+
+from __future__ import annotations
+
+import email.message
+import os
+import re
+import unicodedata
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ._errors import RefusedError
+
+__all__ = [
+    "FALLBACK_NAME",
+    "dest_within_root",
+    "name_from_content_disposition",
+    "name_from_url",
+    "redact_url",
+    "resolve_dest",
+    "safe_basename",
+    "url_scope",
+    "validate_headers",
+    "validate_sha256",
+    "validate_url",
+]
+
+#: The file name used when neither the URL nor the user gives one.
+FALLBACK_NAME = "download"
+_MAX_NAME_BYTES = 200  # leaves room for ".part" under the usual 255-byte limit
+_SCHEMES = {"http": 80, "https": 443}
+# Headers the download manages itself; a spec may not set them.
+_MANAGED_HEADERS = frozenset({"range", "if-range"})
+# Query keys whose values are credentials in signed URLs (S3, GCS, Azure SAS,
+# CloudFront, Hugging Face, generic tokens).
+_SECRET_QUERY_KEYS = frozenset({
+    "token", "access_token", "auth", "authorization", "sig", "signature", "key", "api_key",
+    "apikey", "api-key", "password", "passwd", "secret", "client_secret", "credential",
+    "policy", "key-pair-id", "session", "sessionid", "code",
+})
+_SECRET_QUERY_WORDS = ("token", "secret", "signature", "password", "credential")
+_SECRET_QUERY_PREFIXES = ("x-amz-", "x-goog-")
+_WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def safe_basename(name: str) -> str | None:
+    """Reduce a server-supplied file name to a safe base name, or None if nothing is left.
+
+    Keeps only the last path component (``/`` and ``\\`` both separate),
+    drops control and format characters (bidi overrides too), replaces
+    characters Windows refuses, strips leading dots (no ``..``, no hidden
+    files) and trailing dots and spaces, and caps the length.
+    """
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    name = _WINDOWS_RESERVED.sub("_", name)
+    name = name.strip().lstrip(".").strip().rstrip(". ")
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or len(suffix.encode("utf-8")) > 20:
+            stem, suffix = name, ""
+        keep = _MAX_NAME_BYTES - len(suffix.encode("utf-8")) - (1 if suffix else 0)
+        stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore").rstrip(". ")
+        name = f"{stem}.{suffix}" if suffix else stem
+    return name or None
+
+
+def name_from_url(url: str) -> str | None:
+    """The safe base name of the URL path's last segment, or None."""
+    path = urllib.parse.urlsplit(url).path
+    return safe_basename(urllib.parse.unquote(path.rsplit("/", 1)[-1]))
+
+
+def name_from_content_disposition(value: str | None) -> str | None:
+    """The safe base name a ``Content-Disposition`` header suggests (``filename*`` wins)."""
+    if not value:
+        return None
+    msg = email.message.Message()
+    msg["content-disposition"] = value
+    try:
+        raw = msg.get_filename()
+    except (ValueError, LookupError):
+        return None
+    return safe_basename(raw) if raw else None
+
+
+def dest_within_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when ``path`` (symlinks resolved; relative to ``root``) lies strictly inside ``root``."""
+    root_path = Path(root).resolve()
+    target = Path(path)
+    if not target.is_absolute():
+        target = root_path / target
+    target = target.resolve()
+    return target != root_path and target.is_relative_to(root_path)
+
+
+def _secret_query_key(key: str) -> bool:
+    low = urllib.parse.unquote_plus(key).lower()
+    return (low in _SECRET_QUERY_KEYS or low.startswith(_SECRET_QUERY_PREFIXES)
+            or any(word in low for word in _SECRET_QUERY_WORDS))
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: userinfo dropped, credential-like query values replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        key, sep, _value = pair.partition("=")
+        pairs.append(f"{key}=***" if sep and _secret_query_key(key) else pair)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
+def _refuse(field: str, message: str) -> RefusedError:
+    return RefusedError("E_INVALID_INPUT", message, field=field)
+
+
+def validate_url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise _refuse("url", "the URL must be a non-empty string")
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
+        raise _refuse("url", "the URL contains whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        raise _refuse("url", f"not a valid URL: {redact_url(url)}") from None
+    if parts.scheme.lower() not in _SCHEMES:
+        scheme = parts.scheme or "(none)"
+        raise _refuse("url", f"only http and https URLs are accepted, not {scheme}")
+    if not parts.hostname:
+        raise _refuse("url", "the URL has no host")
+    return url
+
+
+def validate_sha256(sha: Any) -> str | None:
+    if sha is None:
+        return None
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.strip().lower()):
+        raise _refuse("sha256", "sha256 must be 64 hexadecimal characters")
+    return sha.strip().lower()
+
+
+def validate_headers(headers: Any) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise _refuse("headers", "headers must be a mapping of names to values")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise _refuse("headers", "header names and values must be strings")
+        if not name or any(ch in name for ch in ":\r\n") or any(ch in value for ch in "\r\n\x00"):
+            raise _refuse("headers", f"header {name!r} has an invalid name or value")
+        if name.lower() in _MANAGED_HEADERS:
+            raise _refuse("headers", f"the {name} header is managed by the download itself")
+    return dict(headers)
+
+
+def resolve_dest(dest: Any, url: str, root: Path) -> Path:
+    name = name_from_url(url) or FALLBACK_NAME
+    if dest is None:
+        return root / name
+    if not isinstance(dest, (str, os.PathLike)):
+        raise _refuse("dest", "the destination must be a path")
+    raw = os.fspath(dest)
+    if not isinstance(raw, str) or not raw.strip() or "\x00" in raw:
+        raise _refuse("dest", "the destination must be a non-empty path")
+    path = Path(raw)
+    if not path.is_absolute():
+        path = root / path
+    if raw.endswith(("/", os.sep)) or (os.altsep and raw.endswith(os.altsep)) or path.is_dir():
+        path = path / name
+    path = Path(os.path.abspath(path))
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise _refuse("dest", f"the destination {path} is not a file path")
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise _refuse("dest", f"{parent} is not a directory")
+            break
+    return path
+
+
+def url_scope(url: str) -> str:
+    """A URL's breaker scope: its host, lowercase, with the port when not the scheme's default."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port == _SCHEMES.get(parts.scheme.lower()):
+        return host
+    return f"{host}:{port}"
