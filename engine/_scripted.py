@@ -6,7 +6,9 @@ repeats). An entry is actions joined by ``+``:
 - ``ok``: succeed;  ``fail:CODE`` or ``fail:CODE:RETRY_AFTER_S``: fail, classified;
 - ``progress:N``: make N bytes of durable progress;  ``sleep:S``: take S seconds;
 - ``hang``: run until cancelled;  ``crash``: raise an unexpected exception;
-- ``gate``: wait until `ScriptedKind.open_gate` is called for this spec's name.
+- ``gate``: wait until `ScriptedKind.open_gate` is called for this spec's name;
+- ``explode``: raise `ScriptedExplosion`, which no ``except Exception`` catches:
+  a stand-in for the engine itself crashing.
 
 The kind records what happened (attempts started, cancellations) so tests
 can assert on the work itself, not only on statuses.
@@ -22,7 +24,11 @@ import trio
 from ._errors import RefusedError, failure
 from ._kinds import AttemptContext
 
-__all__ = ["ScriptedKind", "ScriptedSpec"]
+__all__ = ["ScriptedExplosion", "ScriptedKind", "ScriptedSpec"]
+
+
+class ScriptedExplosion(BaseException):
+    """Raised by the ``explode`` action: escapes every ``except Exception`` in the engine."""
 
 
 @attrs.frozen(kw_only=True)
@@ -100,6 +106,9 @@ class ScriptedKind:
             await trio.sleep_forever()
         elif verb == "gate":
             await self._gates.setdefault(spec.name, trio.Event()).wait()
+        elif verb == "explode":
+            await trio.lowlevel.checkpoint()
+            raise ScriptedExplosion(f"scripted explosion in {spec.name}")
         elif verb == "crash":
             await trio.lowlevel.checkpoint()
             raise RuntimeError(f"scripted crash in {spec.name}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 import pytest
-import trio
 
 from engine import Settings, open_engine
 from engine._scripted import ScriptedKind

@@ -8,16 +8,12 @@ real `web.AppRunner` on 127.0.0.1 and driven by an aiohttp `ClientSession`.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import hashlib
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import ClientSession, web
 
 from engine import DownloadSpec, Settings
@@ -27,22 +23,6 @@ from engine.testing import FaultServer, Faults, VirtualFile
 SIZE = 600_000
 SETTLED = {"success", "failed", "exhausted", "cancelled"}
 ENGINE = web.AppKey("engine", AsyncioEngine)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail a test that leaves a thread behind; dump stacks and exit if one hangs."""
-    from trio._core import _thread_cache
-
-    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)  # reap trio's idle workers at once
-    faulthandler.dump_traceback_later(120, exit=True)
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while (extra := set(threading.enumerate()) - before) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    faulthandler.cancel_dump_traceback_later()
-    assert not extra, f"threads left behind: {extra}"
 
 
 def ndjson(record: dict[str, Any]) -> bytes:

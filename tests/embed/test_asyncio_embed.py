@@ -8,11 +8,8 @@ Every test also proves it left no thread and no asyncio task behind.
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import hashlib
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +17,12 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Event, RefusedError, Settings, StateDirLocked, Status
-from engine._scripted import ScriptedKind, ScriptedSpec
+from engine._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
 from engine.embed import AsyncioEngine, EngineBroken, EngineClosed, asyncio_engine, threaded_engine
 from engine.testing import FaultServer, Faults, VirtualFile
 
 SIZE = 800_000
 LIMIT_S = 20.0
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail a test that leaves a thread behind; dump stacks and exit if one hangs."""
-    from trio._core import _thread_cache
-
-    # trio parks idle worker threads for 10 s for reuse; reap them at once so
-    # "no thread left behind" can be checked strictly.
-    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)
-    faulthandler.dump_traceback_later(120, exit=True)
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while (extra := set(threading.enumerate()) - before) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    faulthandler.cancel_dump_traceback_later()
-    assert not extra, f"threads left behind: {extra}"
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -80,20 +59,6 @@ def contains(exc: BaseException | None, kind: type[BaseException]) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(kind) is not None
     return isinstance(exc, kind)
-
-
-class EngineBug(BaseException):
-    """Escapes every ``except Exception`` in the engine: a stand-in for a crash."""
-
-
-class ExplodingKind(ScriptedKind):
-    """The scripted kind plus ``explode``: crash the whole engine."""
-
-    async def _act(self, ctx: Any, spec: ScriptedSpec, action: str) -> None:
-        if action == "explode":
-            await trio.lowlevel.checkpoint()
-            raise EngineBug("boom")
-        await super()._act(ctx, spec, action)
 
 
 def test_download_recovers_pauses_and_resumes(tmp_path: Path) -> None:
@@ -252,19 +217,19 @@ def test_an_engine_crash_raises_instead_of_hanging(tmp_path: Path) -> None:
 
     async def main() -> None:
         with pytest.raises(EngineBroken) as broken:
-            async with asyncio_engine(tmp_path / "state", fast(tmp_path), kinds=[ExplodingKind()]) as eng:
+            async with asyncio_engine(tmp_path / "state", fast(tmp_path), kinds=[ScriptedKind()]) as eng:
                 hang = await eng.submit(spec("hang", "hang"))
                 waiter = asyncio.create_task(eng.wait(hang.id))
                 await asyncio.sleep(0.02)
                 await eng.submit(spec("bomb", "explode"))
                 with pytest.raises(EngineBroken) as pending:
                     await waiter
-                assert contains(pending.value.__cause__, EngineBug)
+                assert contains(pending.value.__cause__, ScriptedExplosion)
                 with pytest.raises(EngineBroken):
                     await eng.pause(hang.id)
                 with pytest.raises(EngineBroken):
                     eng.list()
-        assert contains(broken.value.__cause__, EngineBug)
+        assert contains(broken.value.__cause__, ScriptedExplosion)
 
     run(main)
 

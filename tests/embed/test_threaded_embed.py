@@ -6,42 +6,22 @@ left no thread behind.
 
 from __future__ import annotations
 
-import faulthandler
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from engine import DownloadSpec, Event, RefusedError, Settings, StateDirLocked, Status
-from engine._scripted import ScriptedKind, ScriptedSpec
+from engine._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
 from engine.embed import EngineBroken, EngineClosed, ThreadedEngine, threaded_engine
 from engine.testing import FaultServer, Faults, VirtualFile
 
 SIZE = 1_000_000
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fail a test that leaves a thread behind; dump stacks and exit if one hangs."""
-    from trio._core import _thread_cache
-
-    # trio parks idle worker threads for 10 s for reuse; reap them at once so
-    # "no thread left behind" can be checked strictly.
-    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)
-    faulthandler.dump_traceback_later(120, exit=True)
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 5
-    while (extra := set(threading.enumerate()) - before) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    faulthandler.cancel_dump_traceback_later()
-    assert not extra, f"threads left behind: {extra}"
 
 
 def fast(tmp_path: Path, **kw: Any) -> Settings:
@@ -91,20 +71,6 @@ def contains(exc: BaseException | None, kind: type[BaseException]) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(kind) is not None
     return isinstance(exc, kind)
-
-
-class EngineBug(BaseException):
-    """Escapes every ``except Exception`` in the engine: a stand-in for a crash."""
-
-
-class ExplodingKind(ScriptedKind):
-    """The scripted kind plus ``explode``: crash the whole engine."""
-
-    async def _act(self, ctx: Any, spec: ScriptedSpec, action: str) -> None:
-        if action == "explode":
-            await trio.lowlevel.checkpoint()
-            raise EngineBug("boom")
-        await super()._act(ctx, spec, action)
 
 
 def test_plain_code_uses_every_method(tmp_path: Path) -> None:
@@ -240,17 +206,17 @@ def test_a_locked_state_dir_raises_state_dir_locked(tmp_path: Path) -> None:
 def test_an_engine_crash_raises_instead_of_hanging(tmp_path: Path) -> None:
     """When the engine dies, a blocked ``wait`` and later calls raise `EngineBroken`, and so does leaving the block."""
     with pytest.raises(EngineBroken) as broken:
-        with threaded_engine(tmp_path / "state", fast(tmp_path), kinds=[ExplodingKind()]) as eng:
+        with threaded_engine(tmp_path / "state", fast(tmp_path), kinds=[ScriptedKind()]) as eng:
             hang = eng.submit(spec("hang", "hang"))
             waiter = start(lambda: eng.wait(hang.id))
             time.sleep(0.02)
             eng.submit(spec("bomb", "explode"))
             with pytest.raises(EngineBroken) as pending:
                 waiter()
-            assert contains(pending.value.__cause__, EngineBug)
+            assert contains(pending.value.__cause__, ScriptedExplosion)
             with pytest.raises(EngineBroken):
                 eng.pause(hang.id)
-    assert contains(broken.value.__cause__, EngineBug)
+    assert contains(broken.value.__cause__, ScriptedExplosion)
 
 
 def test_leaving_the_block_releases_blocked_callers(tmp_path: Path) -> None:

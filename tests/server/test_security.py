@@ -8,7 +8,6 @@ import stat
 from typing import Any, Iterator
 
 import pytest
-import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from engine._logsetup import LOG_BACKUPS, LOG_MAX_BYTES, redact, setup_logging
