@@ -28,6 +28,12 @@
    those the kernel had received but the engine had not read when the RST
    arrived. Target: under 1 MiB in total.
 
+3. kill -9: ``recovery download`` of 192 MiB at 32 MiB/s is killed with
+   SIGKILL ``--kills`` times at random moments (``--seed``) and run again
+   each time; per restart, the bytes fetched again (at the server, against
+   one checkpoint interval of transfer) and the time from starting the
+   command again to its first progress event (time to recover).
+
     python benchmarks/bench_download.py                 # 1 GiB, 3 runs each, disk and /dev/shm
     python benchmarks/bench_download.py --quick         # 256 MiB, one run each
     python benchmarks/bench_download.py --size 512 --repeat 5 --dest-dir /var/tmp
@@ -282,6 +288,75 @@ def drops(size: int, count: int) -> None:
                   f"{twice / 1024:.0f} KiB repeated; target < 1 MiB: {'met' if twice < MIB else 'MISSED'}"]])
 
 
+# --- part 3: kill -9 and restart: bytes fetched again, time to get going again ------------
+
+
+def kills(size: int, count: int, seed: int) -> None:
+    """`recovery download` killed with SIGKILL ``count`` times at random moments, then run to the end.
+
+    Per kill: the bytes the next run fetched that an earlier run had already
+    fetched (at the server, per request), against one checkpoint interval of
+    transfer; and the time from starting the command again to its first
+    progress event (interpreter start-up, loading the snapshot, cutting the
+    ``.part`` back, the resumed request).
+    """
+    import json
+    import random
+    import threading
+
+    rng = random.Random(seed)
+    rate = 32 * MIB
+    path = "/files/killed.safetensors"
+    work = Path(tempfile.mkdtemp(prefix="bench-kill-"))
+    rows = []
+    try:
+        with fault_server() as base:
+            url = f"{base}{path}?size={size}&rate_bps={rate}"
+            argv = [sys.executable, "-m", "engine", "download", url, "-o", str(work), "--state-dir",
+                    str(work / "state"), "--json", "--sha256", content_sha256(path, size)]
+            kill_times = []
+            for run in range(count + 1):
+                started = time.perf_counter()
+                first_progress: list[float] = []
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+                def read(proc: subprocess.Popen[str] = proc, seen: list[float] = first_progress) -> None:
+                    assert proc.stdout is not None
+                    for line in proc.stdout:
+                        if not seen and json.loads(line).get("type") == "progress":
+                            seen.append(time.perf_counter())
+
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                if run < count:
+                    at = rng.uniform(0.8, 2.0)
+                    time.sleep(at)
+                    proc.send_signal(signal.SIGKILL)
+                    kill_times.append(at)
+                code = proc.wait(timeout=120)
+                reader.join(timeout=5)
+                if run == count and code != 0:
+                    raise RuntimeError(f"the last run exited {code}")
+                if run:
+                    rows.append([run, f"{kill_times[run - 1]:.2f}",
+                                 f"{(first_progress[0] - started) if first_progress else float('nan'):.2f}"])
+            records = fetch_stats(base)["paths"][path]["records"]
+        again = refetched((r["range_start"], r["bytes_sent"]) for r in records)
+        ok = hashlib.sha256((work / "killed.safetensors").read_bytes()).hexdigest() == content_sha256(path, size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    interval = rate * 1.0  # default checkpoint_interval_s
+    table = []
+    for row, repeated in zip(rows, again[1:]):
+        table.append([*row[:2], f"{repeated / MIB:.2f}", f"{interval / MIB:.0f}", row[2],
+                      "within one interval" if repeated <= interval else "MORE than one interval"])
+    print_table(f"\nrecovery download of {size / MIB:.0f} MiB at {rate / MIB:.0f} MiB/s killed with SIGKILL "
+                f"{count} times (seed {seed}), then run to the end; final file "
+                f"{'exact (sha256)' if ok else 'WRONG'}",
+                ["restart", "killed after s", "MiB fetched again", "1 interval, MiB", "s to first progress",
+                 "notes"], table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=None, help="size of the large download in MiB (default 1024)")
@@ -292,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("nginx", "sendfile"), default="nginx",
                         help="static server (nginx falls back to sendfile when not installed)")
     parser.add_argument("--drops", type=int, default=10, help="dropped connections in the second part")
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILLs in the third part (0 to skip)")
+    parser.add_argument("--seed", type=int, default=7, help="random kill moments in the third part")
     args = parser.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the servers are stopped and temp files removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -307,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs, load average {load:.1f} at the start")
     throughput(size, repeat, dest_dirs, args.server)
     drops((64 if args.quick else 256) * MIB, args.drops)
+    if args.kills:
+        kills((96 if args.quick else 192) * MIB, args.kills, args.seed)
     return 0
 
 
