@@ -143,8 +143,11 @@ class Supervisor:
                     except Exception as exc:
                         if child._resume is not None:
                             continue  # paused while failing: the pause wins
+                        # An exception may carry how long its source asked us to wait
+                        # (``retry_after_s``, e.g. from an HTTP Retry-After): it raises the
+                        # delay, never shortens it.
                         decision = (restart or RetryPolicy(max_retries=0)).decide(
-                            child.restarts, retryable=True
+                            child.restarts, retryable=True, floor_s=getattr(exc, "retry_after_s", None)
                         )
                         if isinstance(decision, GiveUp):
                             child.error = exc

@@ -533,3 +533,21 @@ async def test_reruns_and_give_up_are_logged(
     assert "rerun 2 in 4.00s" in records[1].getMessage()
     assert "failed for good" in records[2].getMessage()
     assert records[2].exc_info is not None
+
+
+async def test_a_server_requested_delay_raises_the_rerun_wait(autojump_clock: trio.abc.Clock) -> None:
+    """An exception carrying ``retry_after_s`` makes the rerun wait at least that long (capped)."""
+
+    class Busy(Exception):
+        retry_after_s = 30.0
+
+    starts: list[float] = []
+
+    async def child() -> None:
+        starts.append(trio.current_time())
+        if len(starts) == 1:
+            raise Busy("come back in 30 s")
+
+    async with open_supervisor() as sup:
+        sup.start_soon(child, name="c", restart=fixed())
+    assert starts[1] - starts[0] == pytest.approx(30)
