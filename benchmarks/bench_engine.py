@@ -50,7 +50,7 @@ from _common import filesystem_of, peak_rss_mib, percentiles, print_json, print_
 
 import engine  # noqa: E402
 from engine import Settings, open_engine  # noqa: E402
-from engine._scripted import ScriptedKind, ScriptedSpec  # noqa: E402
+from engine.testing._scripted import ScriptedKind, ScriptedSpec  # noqa: E402
 
 SCRIPT = ["fail:E_NET_INTERRUPTED", "fail:E_SERVER_OVERLOAD", "ok"]
 SETTLED = frozenset({"success", "failed", "exhausted", "cancelled"})

@@ -47,9 +47,9 @@ _STATS_FLUSH_S = 1.0
 
 def builtin_kinds() -> KindRegistry:
     """A registry with the built-in download, install and project kinds."""
-    from ._download import DownloadKind
-    from ._install import InstallKind
-    from ._project import ProjectKind
+    from ._download._kind import DownloadKind
+    from ._projects._install import InstallKind
+    from ._projects._project import ProjectKind
 
     registry = KindRegistry()
     registry.register(DownloadKind())

@@ -70,7 +70,7 @@ class ProjectSpec:
     @classmethod
     def from_comfyui_workflow(cls, path: str | Path, comfyui_dir: str | Path) -> "ProjectSpec":
         """The project that fetches the models a ComfyUI workflow needs (SPEC 7.1)."""
-        from ._comfyui import project_from_workflow
+        from ._projects._comfyui import project_from_workflow
 
         return project_from_workflow(path, comfyui_dir)
 

@@ -16,14 +16,14 @@ when the block is left::
         final = eng.wait(op.id, timeout=60)
 """
 
-from ._embed import EngineBroken as EngineBroken
-from ._embed import EngineClosed as EngineClosed
-from ._embed_asyncio import AsyncioEngine as AsyncioEngine
-from ._embed_asyncio import AsyncioSubscription as AsyncioSubscription
-from ._embed_asyncio import asyncio_engine as asyncio_engine
-from ._embed_thread import ThreadedEngine as ThreadedEngine
-from ._embed_thread import ThreadedSubscription as ThreadedSubscription
-from ._embed_thread import threaded_engine as threaded_engine
+from ._embed._host import EngineBroken as EngineBroken
+from ._embed._host import EngineClosed as EngineClosed
+from ._embed._asyncio import AsyncioEngine as AsyncioEngine
+from ._embed._asyncio import AsyncioSubscription as AsyncioSubscription
+from ._embed._asyncio import asyncio_engine as asyncio_engine
+from ._embed._thread import ThreadedEngine as ThreadedEngine
+from ._embed._thread import ThreadedSubscription as ThreadedSubscription
+from ._embed._thread import threaded_engine as threaded_engine
 
 __all__ = [
     "AsyncioEngine",

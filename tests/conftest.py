@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from engine import Settings, open_engine
-from engine._scripted import ScriptedKind
+from engine.testing._scripted import ScriptedKind
 
 
 @pytest.fixture

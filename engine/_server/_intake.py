@@ -45,7 +45,7 @@ def _check_fields(body: dict[str, Any], cls: type, prefix: str = "") -> None:
 
 def _check_download_dest(engine: Engine, spec: DownloadSpec, prefix: str) -> DownloadSpec:
     """Validate with the download kind and refuse a destination outside ``download_root``."""
-    from .._names import dest_within_root
+    from .._download._names import dest_within_root
 
     if "download" not in engine.kinds.names():
         raise _invalid("this engine has no download kind", f"{prefix}kind")
@@ -147,8 +147,8 @@ def _import(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
     import json
     from pathlib import Path
 
-    from .._comfyui import plan_import
-    from .._names import dest_within_root
+    from .._projects._comfyui import plan_import
+    from .._download._names import dest_within_root
 
     for name in body:
         if name not in _IMPORT_FIELDS:

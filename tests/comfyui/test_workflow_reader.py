@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine import DownloadSpec, ProjectSpec, RefusedError
-from engine._comfyui import (
+from engine._projects._comfyui import (
     WORKFLOW_REF,
     NodeRef,
     import_project_name,

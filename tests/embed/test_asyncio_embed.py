@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Event, RefusedError, Settings, StateDirLocked, Status
-from engine._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
+from engine.testing._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
 from engine.embed import AsyncioEngine, EngineBroken, EngineClosed, asyncio_engine, threaded_engine
 from engine.testing import FaultServer, Faults, VirtualFile
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from engine import DownloadSpec, Event, RefusedError, Settings, StateDirLocked, Status
-from engine._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
+from engine.testing._scripted import ScriptedExplosion, ScriptedKind, ScriptedSpec
 from engine.embed import EngineBroken, EngineClosed, ThreadedEngine, threaded_engine
 from engine.testing import FaultServer, Faults, VirtualFile
 

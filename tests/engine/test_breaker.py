@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from engine import DownloadSpec, Settings, Status, open_engine
-from engine._scripted import ScriptedKind, ScriptedSpec
+from engine.testing._scripted import ScriptedKind, ScriptedSpec
 from engine.testing import FaultServer, Faults, content_sha256
 
 KIB = 1024

@@ -7,7 +7,7 @@ import trio
 
 from engine import RefusedError, Settings, Status, TRANSITIONS, open_engine
 from engine._model import CONTROLS, Control, check_transition
-from engine._scripted import ScriptedSpec
+from engine.testing._scripted import ScriptedSpec
 
 
 def spec(name: str, *script: str, **kw: object) -> ScriptedSpec:

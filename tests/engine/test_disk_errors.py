@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from engine import DownloadSpec, RefusedError, Settings, Status, open_engine
-from engine._download import DownloadKind
+from engine._download._kind import DownloadKind
 from engine.testing import FaultServer, Faults
 
 MIB = 1024 * 1024

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import trio
 
-from engine import _fileio
-from engine._download import DownloadKind, dest_within_root, download_paths, redact_url, safe_basename
+from engine._download import _part as _fileio
+from engine._download._kind import DownloadKind, dest_within_root, download_paths, redact_url, safe_basename
 from engine._errors import AttemptFailed, RefusedError
 from engine._kinds import AttemptContext, Kind
 from engine._settings import Settings

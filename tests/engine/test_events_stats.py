@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from engine import RefusedError, Settings, StateDirLocked, Status, open_engine
-from engine._scripted import ScriptedKind, ScriptedSpec
+from engine.testing._scripted import ScriptedKind, ScriptedSpec
 
 
 def spec(name: str, *script: str, **kw) -> ScriptedSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from engine import Settings, Status, open_engine
-from engine._scripted import ScriptedSpec
+from engine.testing._scripted import ScriptedSpec
 
 
 def spec(name: str, *script: str) -> ScriptedSpec:

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from engine import InstallSpec, RefusedError, Settings, Status, open_engine
-from engine._install import InstallKind, _proc_stat, _stop_leftover
+from engine._projects._install import InstallKind, _proc_stat, _stop_leftover
 
 PY = sys.executable
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import DownloadSpec, InstallSpec, ProjectSpec, RefusedError
-from engine._projectfile import load_project, parse_project
+from engine._projects._file import load_project, parse_project
 
 
 def write(tmp_path: Path, text: str, name: str = "project.toml") -> Path:

@@ -273,7 +273,7 @@ def test_scope_is_the_current_steps_scope_and_the_spec_round_trips(tmp_path: Pat
 async def test_each_step_asks_its_own_scope_s_breaker(tmp_path, autojump_clock) -> None:
     """A project whose next step's scope has an open breaker waits there without spending retries."""
     from engine import InstallSpec, ProjectSpec, Settings, Status, open_engine
-    from engine._scripted import ScriptedKind, ScriptedSpec
+    from engine.testing._scripted import ScriptedKind, ScriptedSpec
 
     kind = ScriptedKind()
     settings = Settings(breaker_failure_threshold=1, initial_delay_s=1000)

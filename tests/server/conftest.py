@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from engine import Engine, Settings, open_engine
-from engine._scripted import ScriptedKind
+from engine.testing._scripted import ScriptedKind
 from engine._server import serve_control
 from engine.testing import FaultServer
 

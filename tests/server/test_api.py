@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine._scripted import ScriptedSpec
+from engine.testing._scripted import ScriptedSpec
 from engine.testing import Faults, content_sha256
 
 SECTION_10 = {

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from engine._logsetup import LOG_BACKUPS, LOG_MAX_BYTES, redact, setup_logging
+from engine._cli._logsetup import LOG_BACKUPS, LOG_MAX_BYTES, redact, setup_logging
 from engine._server import load_or_create_token, read_server_info
 
 MiB = 1024 * 1024
@@ -242,7 +242,7 @@ def test_setup_logging_writes_a_redacted_rotating_file(tmp_path, logging_restore
 
 async def test_serve_logs_to_the_state_dir(serve, tmp_path, logging_restored):
     """With logging set up, the control channel's start and its retries land in recovery.log."""
-    from engine._scripted import ScriptedSpec
+    from engine.testing._scripted import ScriptedSpec
 
     path = setup_logging(tmp_path / "state")
     async with serve() as api:

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from engine._scripted import ScriptedSpec
+from engine.testing._scripted import ScriptedSpec
 from engine.testing import Faults
 
 EVENT_TYPES = {"submitted", "status", "progress", "retry_scheduled", "breaker", "stats", "snapshot_corrupt",

@@ -29,7 +29,7 @@ from typing import Callable, Union
 
 import attrs
 
-from ._clocks import under_mock_clock
+from .._clocks import under_mock_clock
 
 __all__ = ["PartFile", "Writer", "free_bytes", "fsync_dir", "replace_durably"]
 

@@ -1,6 +1,6 @@
 """The ``recovery`` command line (SPEC section 13): one dispatcher, commands in modules.
 
-Each ``_cli_*.py`` module adds its subcommands with ``add_parsers(sub)``;
+Each command module of this package adds its subcommands with ``add_parsers(sub)``;
 a subcommand sets ``func`` (taking the parsed args, returning an exit code).
 Exit codes: 0 success, 1 some failed/exhausted or a control refused,
 2 usage error, 3 no server reachable, 130 interrupted (Ctrl-C).
@@ -15,7 +15,7 @@ from typing import Sequence
 
 __all__ = ["build_parser", "main"]
 
-_COMMAND_MODULES = ("_cli_download", "_cli_project", "_cli_serve", "_cli_client")
+_COMMAND_MODULES = ("_download", "_project", "_serve", "_client")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -33,13 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
-        importlib.import_module(f"engine.{name}").add_parsers(sub)
+        importlib.import_module(f"engine._cli.{name}").add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        from ._gc import tune_gc
+        from .._gc import tune_gc
 
         tune_gc()  # our own process: full collections would stall every operation
         parser = build_parser()

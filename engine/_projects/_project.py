@@ -48,10 +48,10 @@ from typing import Any, Callable
 import attrs
 import trio
 
-from ._errors import AttemptFailed, RefusedError, classify_exception
-from ._kinds import CONTINUE, AttemptContext, Continue, Kind, KindRegistry
-from ._settings import Settings
-from ._specs import DownloadSpec, InstallSpec, ProjectSpec
+from .._errors import AttemptFailed, RefusedError, classify_exception
+from .._kinds import CONTINUE, AttemptContext, Continue, Kind, KindRegistry
+from .._settings import Settings
+from .._specs import DownloadSpec, InstallSpec, ProjectSpec
 
 __all__ = ["STEP_KINDS", "ProjectKind", "step_context"]
 

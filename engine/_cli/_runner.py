@@ -18,10 +18,10 @@ from typing import Any, Awaitable, Callable, Sequence
 import trio
 
 from ._display import JsonLines, ProgressDisplay
-from ._engine import Engine, open_engine
-from ._errors import RecoveryError, RefusedError, StateDirError
-from ._model import Operation, Status
-from ._settings import Settings, parse_setting_assignments
+from .._engine import Engine, open_engine
+from .._errors import RecoveryError, RefusedError, StateDirError
+from .._model import Operation, Status
+from .._settings import Settings, parse_setting_assignments
 
 __all__ = ["add_common_options", "overrides_from", "run_cli", "run_specs", "setup_cli_logging"]
 
@@ -46,7 +46,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def setup_cli_logging(state_dir: Path | None) -> None:
     """Log to ``<state_dir>/logs/recovery.log``, never over the progress bars."""
     from ._logsetup import setup_logging
-    from ._store import default_state_dir
+    from .._store import default_state_dir
 
     setup_logging(state_dir or default_state_dir())
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ._errors import RefusedError, StateDirError
+from .._errors import RefusedError, StateDirError
 
 __all__ = ["add_parsers"]
 
@@ -57,8 +57,8 @@ def _usage(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ._settings import parse_setting_assignments
-    from ._store import default_state_dir
+    from .._settings import parse_setting_assignments
+    from .._store import default_state_dir
 
     try:
         overrides = parse_setting_assignments(list(args.assignments))
@@ -96,9 +96,9 @@ def _single(exc: BaseException) -> BaseException:
 
 async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, Any],
                 outcome: dict[str, int]) -> None:
-    from ._engine import open_engine
+    from .._engine import open_engine
     from ._logsetup import setup_logging
-    from ._server import is_loopback, serve_control
+    from .._server import is_loopback, serve_control
 
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -129,7 +129,7 @@ async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, 
 
 
 def _banner(url: str, state_dir: Path, log_path: Path, args: argparse.Namespace, loopback: bool) -> None:
-    from ._server import load_or_create_token
+    from .._server import load_or_create_token
 
     token = load_or_create_token(state_dir)
     if not loopback:

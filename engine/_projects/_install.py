@@ -48,10 +48,10 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import AttemptFailed, RefusedError, _redact, classify_install, error, failure
-from ._kinds import AttemptContext
-from ._settings import Settings
-from ._specs import InstallSpec
+from .._errors import AttemptFailed, RefusedError, _redact, classify_install, error, failure
+from .._kinds import AttemptContext
+from .._settings import Settings
+from .._specs import InstallSpec
 
 __all__ = ["OUTPUT_TAIL_LINES", "InstallKind", "group_members", "stop_group"]
 

@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterator
 import outcome
 import trio
 
-from ._breaker import BreakerState
-from ._embed import EngineClosed, EngineHost, wait_settled
-from ._engine import Engine, open_engine
-from ._events import Event, Subscription
-from ._model import Operation
-from ._settings import Settings
-from ._stats import Statistics
+from .._breaker import BreakerState
+from ._host import EngineClosed, EngineHost, wait_settled
+from .._engine import Engine, open_engine
+from .._events import Event, Subscription
+from .._model import Operation
+from .._settings import Settings
+from .._stats import Statistics
 
 __all__ = ["ThreadedEngine", "ThreadedSubscription", "threaded_engine"]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import trio
 
-from ._errors import RefusedError
+from .._errors import RefusedError
 from ._runner import add_common_options, run_cli, run_specs, setup_cli_logging
-from ._specs import DownloadSpec
+from .._specs import DownloadSpec
 
 __all__ = ["add_parsers"]
 
@@ -78,7 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _demo_main(args: argparse.Namespace) -> int:
-    from .testing import FaultServer, Faults
+    from ..testing import FaultServer, Faults
 
     mib = 1024 * 1024
     work = Path(tempfile.mkdtemp(prefix="recovery-demo-"))
@@ -114,7 +114,7 @@ async def _demo_main(args: argparse.Namespace) -> int:
         code = await run_specs(specs, state_dir=work / "state", overrides=overrides, json_mode=args.json)
         nursery.cancel_scope.cancel()
     if not args.json:
-        from .testing import content_sha256
+        from ..testing import content_sha256
 
         ok = all(
             (out / Path(path).name).exists()

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ._model import Operation, Status
+from .._model import Operation, Status
 
 __all__ = ["JsonLines", "ProgressDisplay", "describe_status", "op_label"]
 

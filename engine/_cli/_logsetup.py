@@ -127,7 +127,7 @@ def setup_logging(state_dir: str | os.PathLike[str], *, level: int = logging.INF
     try:
         logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        from ._errors import StateDirError
+        from .._errors import StateDirError
 
         raise StateDirError(f"cannot use the state directory {Path(state_dir).expanduser()}: "
                             f"{exc.strerror or exc}; choose another with --state-dir or "

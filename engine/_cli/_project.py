@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from ._engine import Engine
-from ._errors import RefusedError
-from ._model import Operation, Status
-from ._projectfile import load_project
+from .._engine import Engine
+from .._errors import RefusedError
+from .._model import Operation, Status
+from .._projects._file import load_project
 from ._runner import add_common_options, run_cli
-from ._specs import ProjectSpec
+from .._specs import ProjectSpec
 
 __all__ = ["add_parsers", "recorded_project", "run_project", "take_over_project"]
 
@@ -156,7 +156,7 @@ def _add_import(sub: Any) -> None:
 def _import(args: argparse.Namespace) -> int:
     import json
 
-    from ._comfyui import import_project_name, plan_import, plan_lines
+    from .._projects._comfyui import import_project_name, plan_import, plan_lines
 
     comfy = args.comfyui.expanduser()
     try:

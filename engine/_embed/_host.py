@@ -24,10 +24,10 @@ import attrs
 import outcome
 import trio
 
-from ._engine import Engine
-from ._errors import RecoveryError
-from ._events import Subscription
-from ._model import Operation
+from .._engine import Engine
+from .._errors import RecoveryError
+from .._events import Subscription
+from .._model import Operation
 
 __all__ = ["CANCELLED", "Call", "EngineBroken", "EngineClosed", "EngineHost", "wait_settled"]
 

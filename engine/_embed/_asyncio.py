@@ -28,13 +28,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import outcome
 import trio
 
-from ._breaker import BreakerState
-from ._embed import CANCELLED, EngineClosed, EngineHost, wait_settled
-from ._engine import Engine, open_engine
-from ._events import Event, Subscription
-from ._model import Operation
-from ._settings import Settings
-from ._stats import Statistics
+from .._breaker import BreakerState
+from ._host import CANCELLED, EngineClosed, EngineHost, wait_settled
+from .._engine import Engine, open_engine
+from .._events import Event, Subscription
+from .._model import Operation
+from .._settings import Settings
+from .._stats import Statistics
 
 __all__ = ["AsyncioEngine", "AsyncioSubscription", "asyncio_engine"]
 

@@ -59,10 +59,10 @@ import attrs
 import httpx
 import trio
 
-from ._units import human_bytes
-from ._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
-from ._fileio import PartFile, Writer, free_bytes, replace_durably
-from ._kinds import AttemptContext
+from .._units import human_bytes
+from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
+from ._part import PartFile, Writer, free_bytes, replace_durably
+from .._kinds import AttemptContext
 from ._names import (
     FALLBACK_NAME,
     dest_within_root,
@@ -76,8 +76,8 @@ from ._names import (
     validate_sha256,
     validate_url,
 )
-from ._settings import Settings
-from ._specs import DownloadSpec, redact_headers
+from .._settings import Settings
+from .._specs import DownloadSpec, redact_headers
 from ._wire import HashWorker, ReadBatcher, widen_reads
 
 __all__ = [

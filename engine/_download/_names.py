@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ._errors import RefusedError
+from .._errors import RefusedError
 
 __all__ = [
     "FALLBACK_NAME",

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from ._units import human_bytes
-from ._errors import RefusedError
+from .._units import human_bytes
+from .._errors import RefusedError
 
 __all__ = ["add_parsers"]
 
@@ -86,7 +86,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    from ._store import default_state_dir
+    from .._store import default_state_dir
 
     return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
 
@@ -98,7 +98,7 @@ def _no_server(state_dir: Path, why: str = "") -> _NoServer:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    from ._server import read_server_info
+    from .._server import read_server_info
 
     state_dir = _state_dir(args)
     info = read_server_info(state_dir)
@@ -347,7 +347,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
-    from ._settings import parse_setting_assignments
+    from .._settings import parse_setting_assignments
 
     try:
         changes = parse_setting_assignments(list(args.assignments))

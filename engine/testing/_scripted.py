@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import RefusedError, failure
-from ._kinds import AttemptContext
+from .._errors import RefusedError, failure
+from .._kinds import AttemptContext
 
 __all__ = ["ScriptedExplosion", "ScriptedKind", "ScriptedSpec"]
 

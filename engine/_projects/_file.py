@@ -37,8 +37,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._errors import RefusedError
-from ._specs import DownloadSpec, InstallSpec, ProjectSpec
+from .._errors import RefusedError
+from .._specs import DownloadSpec, InstallSpec, ProjectSpec
 
 __all__ = ["STEP_FIELDS", "load_project", "parse_project"]
 

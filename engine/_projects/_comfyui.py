@@ -48,9 +48,9 @@ from typing import Any
 
 import attrs
 
-from ._names import redact_url, validate_url
-from ._errors import RefusedError
-from ._specs import DownloadSpec, ProjectSpec
+from .._download._names import redact_url, validate_url
+from .._errors import RefusedError
+from .._specs import DownloadSpec, ProjectSpec
 
 __all__ = [
     "Conflict",
