@@ -4,12 +4,12 @@ Every write is atomic: a temp file in the same directory, fsync, rename,
 fsync of the directory. A snapshot that cannot be decoded is moved aside
 to ``<id>.msgpack.corrupt`` and reported; one with a newer ``schema`` is left
 untouched and reported; the rest load normally. One engine owns a state
-directory at a time (an ``fcntl`` lock on ``<state_dir>/lock``).
+directory at a time (the lock of ``engine._platform``: flock, msvcrt or portable).
+Platform calls (fsync, directory sync, the lock) go through ``engine._platform``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import msgpack
 
+from . import _platform
 from ._convert import converter
 from ._errors import StateDirError, StateDirLocked
 
@@ -29,12 +30,8 @@ SCHEMA = 1
 
 
 def default_state_dir() -> Path:
-    """``$RECOVERY_STATE_DIR``, else the platform's user state dir."""
-    env = os.environ.get("RECOVERY_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "recovery-engine"
+    """``$RECOVERY_STATE_DIR``, else the platform's user state dir (``platformdirs``)."""
+    return _platform.default_state_dir()
 
 
 @attrs.frozen(kw_only=True)
@@ -81,7 +78,7 @@ def write_temp(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True
         while view:
             view = view[os.write(fd, view):]
         if fsync:
-            os.fsync(fd)
+            _platform.fsync_file(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -91,15 +88,8 @@ def write_temp(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True
 
 
 def fsync_dir_fd(dir_fd: int | None, path: Path) -> None:
-    """fsync a directory by its open descriptor, or open ``path`` for it."""
-    if dir_fd is not None:
-        os.fsync(dir_fd)
-        return
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """fsync a directory by its open descriptor, or open ``path`` for it (a no-op on Windows)."""
+    _platform.fsync_dir(path, dir_fd)
 
 
 def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: int = 0o600) -> None:
@@ -121,7 +111,7 @@ class SnapshotStore:
     """The state directory: lock, operation snapshots, statistics."""
 
     root: Path
-    _lock_fd: int | None = None
+    _lock: _platform.StateLock | None = None
     _ops_fd: int | None = None
 
     @property
@@ -138,38 +128,30 @@ class SnapshotStore:
             _ensure_private_dir(self.root)
             _ensure_private_dir(self.ops_dir)
             _ensure_private_dir(self.root / "logs")
-            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock = _platform.acquire_lock(str(self.root))
+        except _platform.LockHeld as held:
+            raise StateDirLocked(
+                f"another engine (pid {held.holder}) is already using the state directory {self.root}; "
+                "stop it or choose another --state-dir"
+            ) from None
         except OSError as exc:
             raise StateDirError(
                 f"cannot use the state directory {self.root}: {exc.strerror or exc}; "
                 "choose another with --state-dir or $RECOVERY_STATE_DIR"
             ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StateDirLocked(
-                f"another engine (pid {holder}) is already using the state directory {self.root}; "
-                "stop it or choose another --state-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-        self._ops_fd = os.open(self.ops_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock = lock
+        self._ops_fd = _platform.open_dir(self.ops_dir)
 
     def close(self) -> None:
-        if self._ops_fd is not None:
-            os.close(self._ops_fd)
-            self._ops_fd = None
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        _platform.close_dir(self._ops_fd)
+        self._ops_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
-    def ops_fd(self) -> int:
-        """An open descriptor of ``operations/`` (for fsync and syncfs)."""
-        if self._ops_fd is None:
+    def ops_fd(self) -> int | None:
+        """An open descriptor of ``operations/`` (for fsync and syncfs); None where directories can't be synced."""
+        if self._lock is None:
             raise RuntimeError("the snapshot store is not open")
         return self._ops_fd
 
@@ -187,7 +169,7 @@ class SnapshotStore:
         except FileNotFoundError:
             return
         if self._ops_fd is not None:
-            os.fsync(self._ops_fd)
+            _platform.fsync_dir(self.ops_dir, self._ops_fd)
 
     def load_all(self) -> tuple[list[OpSnapshot], list[SnapshotProblem]]:
         """Every readable snapshot, plus the problems with the others."""

@@ -18,8 +18,6 @@ or raises the `OSError` that batch hit.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 from pathlib import Path
@@ -28,26 +26,13 @@ from typing import Callable
 import attrs
 import trio
 
+from . import _platform
 from ._clocks import under_mock_clock
 from ._store import OpSnapshot, SnapshotStore, fsync_dir_fd, write_temp
 
 __all__ = ["SnapshotWriter"]
 
 log = logging.getLogger("engine")
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_SYNCFS = _load_syncfs()
 
 
 @attrs.define(eq=False)
@@ -184,14 +169,14 @@ class SnapshotWriter:
 
     def _commit(self, prepared: list[tuple[str, bytes]]) -> None:
         temps: list[tuple[Path, Path]] = []
+        batch_sync = _platform.has_syncfs()  # else each temp file is fsynced on its own
         try:
             for op_id, data in prepared:
                 final = self.store.path_for(op_id)
-                temps.append((write_temp(final, data, fsync=_SYNCFS is None), final))
+                temps.append((write_temp(final, data, fsync=not batch_sync), final))
             dir_fd = self.store.ops_fd()
-            if _SYNCFS is not None and _SYNCFS(dir_fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(self.store.ops_dir))
+            if batch_sync and dir_fd is not None:
+                _platform.syncfs(dir_fd, str(self.store.ops_dir))
             for tmp, final in temps:
                 os.replace(tmp, final)
             temps = []

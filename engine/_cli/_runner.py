@@ -9,7 +9,6 @@ the outcome to the exit code.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -77,7 +76,9 @@ async def run_specs(
     `Operation` views to follow as they are (e.g. a project that already
     succeeded). A `RefusedError` from it is a usage error.
     """
-    with trio.open_signal_receiver(signal.SIGINT) as sigint:
+    from .._platform import interrupt_signals
+
+    with trio.open_signal_receiver(*interrupt_signals()) as sigint:  # Ctrl-C; Ctrl-Break on Windows
         async with open_engine(state_dir, overrides=overrides, **(engine_kwargs or {})) as eng:
             if on_ready is not None:
                 on_ready(eng)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -101,7 +100,10 @@ async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, 
     from .._server import is_loopback, serve_control
 
     stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    from .._platform import interrupt_signals, terminate_signals
+
+    interrupts = interrupt_signals()  # Ctrl-C; Ctrl-Break on Windows
+    with trio.open_signal_receiver(*interrupts, *terminate_signals()) as signals:
         log_path = setup_logging(state_dir)  # creates the state dir, or says why it cannot
         async with open_engine(state_dir, overrides=overrides) as engine:
             async with trio.open_nursery() as nursery:
@@ -111,7 +113,7 @@ async def _main(args: argparse.Namespace, state_dir: Path, overrides: dict[str, 
                         if stop.is_set():
                             nursery.cancel_scope.cancel()  # a second Ctrl-C: stop now
                             return
-                        outcome["exit"] = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_OK
+                        outcome["exit"] = EXIT_INTERRUPTED if signum in interrupts else EXIT_OK
                         print("\nshutting down (Ctrl-C again to stop at once)…", file=sys.stderr, flush=True)
                         stop.set()
 

@@ -59,6 +59,7 @@ import attrs
 import httpx
 import trio
 
+from .. import _platform
 from .._units import human_bytes
 from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
 from ._part import PartFile, Writer, free_bytes, replace_durably
@@ -156,7 +157,7 @@ class DownloadKind:
     name: str = attrs.field(default="download", init=False)
     spec_type: type = attrs.field(default=DownloadSpec, init=False)
     _write: Writer = os.write
-    _statvfs: Callable[[str], os.statvfs_result] = os.statvfs
+    _statvfs: Callable[[str], _platform.FsStats] = _platform.statvfs
 
     def validate(self, spec: Any, settings: Settings) -> DownloadSpec:
         """Check the spec and return it with an absolute ``dest`` (see the module docstring)."""
@@ -170,7 +171,8 @@ class DownloadKind:
         return attrs.evolve(spec, url=url, dest=str(dest), sha256=sha, headers=headers)
 
     def resource_key(self, spec: DownloadSpec) -> str | None:
-        return spec.dest
+        """The destination; case-folded where its folder's file system ignores case."""
+        return _platform.resource_path(spec.dest) if spec.dest is not None else None
 
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
         """The URL's host, lowercase, with the port when it is not the scheme's default."""
@@ -261,7 +263,7 @@ class _Transfer:
     spec: DownloadSpec
     dest: Path
     part: PartFile
-    statvfs: Callable[[str], os.statvfs_result]
+    statvfs: Callable[[str], _platform.FsStats]
     hasher: HashWorker | None = None
     hashed: int = 0
     total: int | None = None

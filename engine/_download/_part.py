@@ -29,6 +29,7 @@ from typing import Callable, Union
 
 import attrs
 
+from .. import _platform
 from .._clocks import under_mock_clock
 
 __all__ = ["PartFile", "Writer", "free_bytes", "fsync_dir", "replace_durably"]
@@ -70,7 +71,7 @@ class PartFile:
         never recorded as durable, so they are dropped. A file shorter than
         ``keep`` (lost or truncated behind our back) keeps what it has.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(_platform.long_path(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             size = os.fstat(fd).st_size
             if size > keep:
@@ -141,7 +142,7 @@ class PartFile:
         if self.size == self.durable:
             return gained
         with _naming(self.path):
-            os.fsync(fd)
+            _platform.fsync_file(fd)
         gained += max(0, self.size - self.durable)
         self.durable = self.size
         return gained
@@ -188,7 +189,7 @@ class _BackgroundSync:
 
         def run() -> None:
             try:
-                os.fsync(fd)
+                _platform.fsync_file(fd)
             except OSError as exc:
                 bg.error = exc
             finally:
@@ -222,7 +223,7 @@ class PrefixReader:
     def __next__(self) -> bytes:
         if self._pos >= self._end:
             raise StopIteration
-        data = os.pread(self._fd, min(self._chunk_size, self._end - self._pos), self._pos)
+        data = _platform.pread(self._fd, min(self._chunk_size, self._end - self._pos), self._pos)
         if not data:
             raise StopIteration
         self._pos += len(data)
@@ -230,26 +231,17 @@ class PrefixReader:
 
 
 def fsync_dir(path: Path) -> None:
-    """``fsync`` a directory so a rename inside it survives a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on directories; the rename itself happened
-    finally:
-        os.close(fd)
+    """``fsync`` a directory so a rename inside it survives a crash (best effort; none on Windows)."""
+    _platform.fsync_dir(path, strict=False)  # some file systems refuse it; the rename itself happened
 
 
 def replace_durably(src: Path, dst: Path) -> None:
     """Rename ``src`` over ``dst`` atomically and make the rename durable."""
-    os.replace(src, dst)
+    os.replace(_platform.long_path(src), _platform.long_path(dst))
     fsync_dir(dst.parent)
 
 
-def free_bytes(directory: Path, statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> int | None:
+def free_bytes(directory: Path, statvfs: Callable[[str], _platform.FsStats] = _platform.statvfs) -> int | None:
     """Bytes an unprivileged user may still write in ``directory``; None if unknown."""
     try:
         st = statvfs(str(directory))

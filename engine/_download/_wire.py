@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import queue
-import socket
 import threading
 from typing import Any
 
 import httpx
 import trio
+
+from .. import _platform
 
 __all__ = ["HashWorker", "ReadBatcher", "widen_reads"]
 
@@ -73,7 +74,7 @@ class ReadBatcher:
             sock = stream.get_extra_info("socket") if stream is not None else None
         except Exception:  # noqa: BLE001 - an unexpected transport: leave it alone
             sock = None
-        if sock is not None and hasattr(socket, "SO_RCVLOWAT"):
+        if sock is not None and _platform.rcvlowat_supported():
             self._sock = sock
 
     def received(self, nbytes: int, remaining: int | None) -> None:
@@ -91,7 +92,7 @@ class ReadBatcher:
         if value == self._lowat:
             return
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+            _platform.set_rcvlowat(self._sock, value)
             self._lowat = value
         except OSError:
             self._sock = None  # not supported here: stop trying

@@ -2,8 +2,8 @@
 
 One attempt runs ``spec.argv`` (a list, never a shell string) in ``spec.cwd``
 with ``spec.env`` merged onto the engine's environment, as the leader of a
-new session (``start_new_session=True``), so the command and everything it
-spawns share one process group the engine can stop as a whole.
+new session (``start_new_session=True``; on Windows a new process group), so the
+command and everything it spawns can be stopped as a whole (``engine._platform``).
 
 - Output: stdout and stderr are merged and read as they come; the last 200
   lines are the operation's ``output_tail`` (a ``\\r`` progress bar keeps only
@@ -41,13 +41,13 @@ import logging
 import math
 import os
 import shlex
-import signal
 import subprocess
 from typing import Any
 
 import attrs
 import trio
 
+from .. import _platform
 from .._errors import AttemptFailed, RefusedError, _redact, classify_install, error, failure
 from .._kinds import AttemptContext
 from .._settings import Settings
@@ -74,42 +74,8 @@ def _refuse(field: str, message: str) -> RefusedError:
 # --- process groups ----------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgid, start_time)`` of ``pid`` from ``/proc``, or None if it is gone or unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2:].split()  # the command name may contain spaces and ')'
-    try:
-        return fields[0], int(fields[2]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def group_members(pgid: int) -> list[int] | None:
-    """Live (not zombie) pids in process group ``pgid``; None where ``/proc`` cannot tell."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass  # some member is someone else's: fall through to /proc
-    if not os.path.isdir("/proc/self"):
-        return None
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return None
-    for name in entries:
-        if not name.isdigit():
-            continue
-        stat = _proc_stat(int(name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-            members.append(int(name))
-    return members
+_proc_stat = _platform.proc_stat
+group_members = _platform.group_members
 
 
 def _group_alive(pgid: int) -> bool:
@@ -117,12 +83,10 @@ def _group_alive(pgid: int) -> bool:
     return members is None or bool(members)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    """Send ``sig`` to the group; False when the group no longer exists."""
+def _signal_group(pgid: int, kill: bool) -> bool:
+    """Stop (SIGTERM / Ctrl-Break) or kill the group; False when it no longer exists."""
     try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
+        return _platform.signal_group(pgid, kill)
     except PermissionError as exc:  # pragma: no cover - a member changed its uid
         log.warning("could not signal process group %d: %s", pgid, exc)
     return True
@@ -136,14 +100,14 @@ async def stop_group(pgid: int, leader: trio.Process | None = None) -> None:
     """
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + _STOP_BOUND_S
-        if pgid == os.getpgid(0):  # pragma: no cover - never signal our own group
+        if pgid == _platform.own_group():  # pragma: no cover - never signal our own group
             return
-        if _signal_group(pgid, signal.SIGTERM):
+        if _signal_group(pgid, kill=False):
             with trio.move_on_after(_KILL_AFTER_S):
                 while (leader is not None and leader.poll() is None) or _group_alive(pgid):
                     await trio.sleep(_POLL_S)
             if (leader is not None and leader.poll() is None) or _group_alive(pgid):
-                _signal_group(pgid, signal.SIGKILL)
+                _signal_group(pgid, kill=True)
         if leader is not None:
             await leader.wait()
         while _group_alive(pgid):  # SIGKILL is not instant for a process in the kernel
@@ -155,7 +119,7 @@ async def stop_group(pgid: int, leader: trio.Process | None = None) -> None:
 async def _stop_leftover(state: dict[str, Any]) -> None:
     """Stop the group a killed engine left running (same leader start time, or leader gone)."""
     pgid, start = state.pop("pgid", None), state.pop("leader_start", None)
-    if not isinstance(pgid, int) or pgid <= 1 or pgid == os.getpgid(0):
+    if not isinstance(pgid, int) or pgid <= 1 or pgid == _platform.own_group():
         return
     leader = _proc_stat(pgid)
     if leader is not None and leader[0] not in ("Z", "X") and (leader[1] != pgid or leader[2] != start):
@@ -339,10 +303,13 @@ class InstallKind:
                 "E_INSTALL_FAILED", f"cannot run {argv0!r}: the working directory {cwd} does not exist",
                 suggestion="Check cwd; an earlier step that creates it must run first."))
         env = {**os.environ, **(spec.env or {})}
+        program = _platform.resolve_command(argv0, env)  # PATHEXT lookup on Windows
+        if program is None:
+            raise _not_found(argv0, cwd, env)
         try:
             proc = await trio.lowlevel.open_process(
-                list(spec.argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [program, *spec.argv[1:]], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, **_platform.spawn_group_kwargs(),
             )
         except FileNotFoundError:
             raise _not_found(argv0, cwd, env) from None

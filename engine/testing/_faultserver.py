@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._platform import unsent_bytes
 from ._faultcontent import Accounting, Faults, LiveRecord, ServerStats, VirtualFile, file_url, iter_content, plan_response
 
 __all__ = ["FaultServer", "main"]
@@ -131,14 +132,10 @@ async def _abort(stream: trio.SocketStream) -> None:
     until the send queue is empty (Linux; given up after 5 s without progress).
     """
     if sys.platform == "linux":
-        import fcntl
-        import termios
-
-        fd, last, since = stream.socket.fileno(), -1, trio.current_time()
+        last, since = -1, trio.current_time()
         while True:
-            try:
-                unacked = struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]
-            except OSError:
+            unacked = unsent_bytes(stream.socket)
+            if unacked is None:
                 break
             if unacked == 0 or (unacked == last and trio.current_time() - since > 5):
                 break
