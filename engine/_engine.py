@@ -149,9 +149,9 @@ class Engine:
         spec = kind.validate(spec, self._settings)
         resource = kind.resource_key(spec)
         if resource is not None:
-            owner = self._by_resource.get(resource)
-            if owner is not None and owner in self._ops and self._ops[owner].status is not Status.SUCCESS:
-                return self._ops[owner].view()
+            owner = self._ops.get(self._by_resource.get(resource, ""))
+            if owner is not None and self._owner_answers(kind, owner, spec):
+                return owner.view()
         self._seq += 1
         op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
         _seed_view(op)
@@ -165,6 +165,25 @@ class Engine:
         self._start_actor(op)
         self._trim_history()
         return op.view()
+
+    def _owner_answers(self, kind: Any, owner: OpActor, spec: Any) -> bool:
+        """Whether the operation recorded for a resource answers a new submission of ``spec``.
+
+        A live (or paused, failed...) owner does: no second writer. A success
+        does when the kind says its result is still intact (``still_complete``):
+        a rerun is complete at once, nothing fetched again. A download refused
+        with ``E_EXISTS`` gives way to a submission that asks something else
+        (overwrite), so asking again is possible.
+        """
+        if owner.status is Status.SUCCESS:
+            still_complete = getattr(kind, "still_complete", None)
+            return bool(still_complete is not None and still_complete(owner.spec, owner.state, spec))
+        if (owner.status is Status.FAILED and owner.error is not None and owner.error.code == "E_EXISTS"
+                and owner.spec != spec):
+            owner._mailbox.close()
+            self._drop(owner)
+            return False
+        return True
 
     async def pause(self, op_id: str) -> Operation:
         """Stop running work promptly, keep all progress (-> paused)."""
@@ -401,7 +420,7 @@ class Engine:
             self._ops[op.id] = op
             if op.status is Status.SUCCESS:
                 self._succeeded[op.id] = None
-            if op.resource is not None and op.status is not Status.SUCCESS:
+            if op.resource is not None:  # a later one for the same resource wins
                 self._by_resource[op.resource] = op.id
             self._seq = max(self._seq, op.seq)
 

@@ -13,21 +13,24 @@ from typing import Any, Mapping, Union
 
 import attrs
 
-__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "redact_headers"]
+__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "is_credential_header", "redact_headers"]
 
-# Header names whose values are credentials: never logged, shown or evented.
+# Header names whose values are credentials: never logged, shown or evented,
+# and dropped on a redirect to another host. This is the one list.
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key",
                                "x-auth-token", "api-key", "token", "x-hf-token"})
+_SENSITIVE_WORDS = ("token", "secret", "auth", "key", "cookie", "session", "password", "credential")
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``headers`` safe to show: credential values replaced by ``***``."""
-    return {k: ("***" if _is_sensitive(k) else v) for k, v in headers.items()}
+    return {k: ("***" if is_credential_header(k) else v) for k, v in headers.items()}
 
 
-def _is_sensitive(name: str) -> bool:
+def is_credential_header(name: str) -> bool:
+    """Whether a header of this name carries a credential (see `SENSITIVE_HEADERS`)."""
     low = name.lower()
-    return low in SENSITIVE_HEADERS or "token" in low or "secret" in low or "auth" in low
+    return low in SENSITIVE_HEADERS or any(word in low for word in _SENSITIVE_WORDS)
 
 
 @attrs.frozen(kw_only=True)
@@ -38,6 +41,8 @@ class DownloadSpec:
     dest: str | None = None
     sha256: str | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
+    #: Replace a file already at ``dest`` that this engine did not write (SPEC 6.1).
+    overwrite: bool = False
 
     kind = "download"
 

@@ -46,7 +46,6 @@ same directory, unless a file of that name already exists, and
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -61,7 +60,17 @@ import trio
 
 from .._units import human_bytes
 from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
-from ._part import PartFile, Writer, free_bytes, replace_durably
+from ._part import PartFile, Writer, free_bytes
+from ._redirects import send_following_redirects
+from ._safefile import (
+    complete_at_once,
+    file_identity,
+    open_part_fd,
+    publish,
+    recorded_part_ready,
+    remove_if_empty,
+    still_complete,
+)
 from .._kinds import AttemptContext
 from ._names import (
     FALLBACK_NAME,
@@ -71,6 +80,7 @@ from ._names import (
     redact_url,
     resolve_dest,
     safe_basename,
+    scrub_secrets,
     url_scope,
     validate_headers,
     validate_sha256,
@@ -172,6 +182,10 @@ class DownloadKind:
     def resource_key(self, spec: DownloadSpec) -> str | None:
         return spec.dest
 
+    def still_complete(self, done: DownloadSpec, state: dict[str, Any], spec: DownloadSpec) -> bool:
+        """Whether a recorded success of ``done`` answers ``spec``: same URL, file intact (SPEC 6.1)."""
+        return still_complete(done, state, spec)
+
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
         """The URL's host, lowercase, with the port when it is not the scheme's default."""
         return url_scope(spec.url)
@@ -183,6 +197,7 @@ class DownloadKind:
             "dest": spec.dest,
             "sha256": spec.sha256,
             "headers": redact_headers(spec.headers or {}),
+            "overwrite": spec.overwrite,
         }
 
     def discard(self, spec: DownloadSpec, state: dict[str, Any]) -> None:
@@ -196,30 +211,53 @@ class DownloadKind:
             log.warning("could not delete partial file %s: %s", part, exc)
 
     async def attempt(self, ctx: AttemptContext) -> None:
-        """Run one attempt: return when ``dest`` is complete and verified, else raise."""
+        """Run one attempt: return when ``dest`` is complete and verified, else raise.
+
+        Any failure's message is scrubbed of the spec's header values and URL
+        userinfo, whatever library raised it (SPEC 6.1).
+        """
+        try:
+            await self._attempt(ctx)
+        except AttemptFailed as exc:
+            exc.error = scrub_secrets(exc.error, ctx.spec)
+            raise
+        except Exception as exc:
+            classified = classify_exception(exc)
+            cleaned = scrub_secrets(classified.error, ctx.spec)
+            if cleaned != classified.error:  # the raw exception carries a credential: never pass it on
+                raise AttemptFailed(cleaned, retry_after_s=classified.retry_after_s) from None
+            raise
+
+    async def _attempt(self, ctx: AttemptContext) -> None:
         spec: DownloadSpec = ctx.spec
         dest, part = download_paths(spec)
-        if _finish_recorded_completion(dest, part, ctx.state):
+        if _finish_recorded_completion(dest, part, ctx.state, spec.overwrite):
             await trio.lowlevel.checkpoint()
+            return
+        done = await complete_at_once(dest, spec.sha256, overwrite=spec.overwrite)
+        if done is not None:  # the file is there already and matches its sha256
+            ctx.state.clear()
+            ctx.state.update(offset=done[2], total=done[2], complete=True, file=list(done))
+            ctx.progress(done[2], done[2])
             return
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            part_file = PartFile.open(part, _recorded_offset(ctx.state), write=self._write)
+            fd = open_part_fd(part)
+        except OSError as exc:
+            raise classify_exception(exc) from exc
+        try:
+            part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write)
         except OSError as exc:
             raise classify_exception(exc) from exc
         transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs)
         try:
             await transfer.run()
-        except AttemptFailed as exc:
-            # The server refused the request (404, 401/403, a bad URL, TLS): leave no
-            # empty .part behind. Anything with data in it is kept for the resume,
-            # and so is the .part of a disk or permission failure, which the user fixes.
-            if (exc.error.code in _REFUSED_BY_SERVER and part_file.size == 0
-                    and not ctx.state.get("complete")):
-                transfer.close()
-                with contextlib.suppress(OSError):
-                    if part.stat().st_size == 0:
-                        part.unlink()
+        except BaseException:
+            # A request that never produced a byte (a 4xx, a refused redirect, a
+            # full disk) leaves no empty .part behind; anything with data in it is
+            # kept for the resume.
+            if part_file.size == 0 and not part_file.closed and not ctx.state.get("complete"):
+                remove_if_empty(part_file.fd, part)
             raise
         finally:
             transfer.close()
@@ -230,17 +268,19 @@ def _recorded_offset(state: dict[str, Any]) -> int:
     return offset if isinstance(offset, int) and offset > 0 else 0
 
 
-def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -> bool:
+def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any], overwrite: bool) -> bool:
     """Finish a download that crashed between its last checkpoint and its rename."""
     if not state.get("complete"):
         return False
     target = Path(state.get("final_dest") or dest)
     size = state.get("offset")
     try:
-        if part.is_file() and part.stat().st_size == size:
-            replace_durably(part, target)
+        if recorded_part_ready(part, size):
+            publish(part, target, overwrite=overwrite)
+            state["file"] = file_identity(target)
             return True
-        if not part.exists() and target.is_file() and target.stat().st_size == size:
+        if not os.path.lexists(part) and target.is_file() and target.stat().st_size == size:
+            state["file"] = file_identity(target)
             return True
     except OSError as exc:
         raise classify_exception(exc) from exc
@@ -249,7 +289,6 @@ def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -
 
 
 _Outcome = Literal["done", "more", "restart"]
-_REFUSED_BY_SERVER = frozenset({"E_HTTP_CLIENT", "E_AUTH", "E_INVALID_INPUT", "E_TLS"})
 _VALIDATORS = ("etag", "last_modified", "total", "cd_name")
 
 
@@ -322,7 +361,7 @@ class _Transfer:
         wait_s = settings.connect_timeout_s + settings.stall_timeout_s
         try:
             with trio.move_on_after(wait_s):
-                response = await ctx.http.send(request, stream=True, follow_redirects=True)
+                response = await send_following_redirects(ctx.http, request)
         except httpx.HTTPError as exc:
             raise classify_exception(exc) from exc
         if response is None:
@@ -544,8 +583,9 @@ class _Transfer:
             if target != self.dest:
                 self.state["final_dest"] = str(target)
             await self.ctx.checkpoint()
+            publish(self.part.path, target, overwrite=self.spec.overwrite)  # still locked
             self.part.close()
-            replace_durably(self.part.path, target)
+            self.state["file"] = file_identity(target)
         except OSError as exc:
             raise classify_exception(exc) from exc
         self.ctx.progress(size, size)

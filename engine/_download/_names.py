@@ -17,9 +17,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 
-from .._errors import RefusedError
+from .._errors import ErrorInfo, RefusedError
 
 __all__ = [
     "FALLBACK_NAME",
@@ -29,6 +30,7 @@ __all__ = [
     "redact_url",
     "resolve_dest",
     "safe_basename",
+    "scrub_secrets",
     "url_scope",
     "validate_headers",
     "validate_sha256",
@@ -51,6 +53,8 @@ _SECRET_QUERY_KEYS = frozenset({
 _SECRET_QUERY_WORDS = ("token", "secret", "signature", "password", "credential")
 _SECRET_QUERY_PREFIXES = ("x-amz-", "x-goog-")
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -158,18 +162,58 @@ def validate_sha256(sha: Any) -> str | None:
 
 
 def validate_headers(headers: Any) -> dict[str, str]:
+    """Check header names and values before any request (SPEC 6.1); return them cleaned.
+
+    Spaces and tabs around a value are not part of it in HTTP and are dropped
+    (a paste accident); any other control character, or a character outside
+    printable ASCII, refuses the header by name. A value is never echoed: it
+    may be a credential.
+    """
     if headers is None:
         return {}
     if not isinstance(headers, dict):
         raise _refuse("headers", "headers must be a mapping of names to values")
+    cleaned: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise _refuse("headers", "header names and values must be strings")
-        if not name or any(ch in name for ch in ":\r\n") or any(ch in value for ch in "\r\n\x00"):
-            raise _refuse("headers", f"header {name!r} has an invalid name or value")
+        if not _HEADER_NAME.fullmatch(name):
+            shown = name if name.isprintable() and len(name) <= 64 else "(unprintable)"
+            raise _refuse("headers", f"the header name {shown!r} is not a valid HTTP header name")
+        value = value.strip(" \t")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise _refuse("headers", f"the value of the {name} header contains a control character or a "
+                                     "character outside printable ASCII (its value is not shown)")
         if name.lower() in _MANAGED_HEADERS:
             raise _refuse("headers", f"the {name} header is managed by the download itself")
-    return dict(headers)
+        cleaned[name] = value
+    return cleaned
+
+
+def scrub_secrets(info: ErrorInfo, spec: Any) -> ErrorInfo:
+    """``info`` with every header value and URL userinfo of ``spec`` masked in its message.
+
+    The message of a library exception may quote what it refused; this is
+    the last guard before a message reaches events, logs or the API.
+    """
+    secrets: list[str] = []
+    for value in (getattr(spec, "headers", None) or {}).values():
+        value = value.strip()
+        secrets.append(value)
+        secrets.extend(part for part in value.split() if len(part) >= 4)
+    for url in [getattr(spec, "url", None) or "", *(getattr(spec, "mirrors", None) or [])]:
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:
+            continue
+        for raw in (parts.username, parts.password):
+            if raw:
+                secrets += [raw, urllib.parse.unquote(raw)]
+    message = info.message
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        for form in {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii")}:
+            message = message.replace(form, "***")
+    return info if message == info.message else attrs.evolve(info, message=message)
 
 
 def resolve_dest(dest: Any, url: str, root: Path) -> Path:
