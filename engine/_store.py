@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,24 @@ def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: in
     fsync_dir_fd(dir_fd, path.parent)
 
 
+def remove_leftover_temps(root: Path) -> None:
+    """Delete ``.<name>.<hex>.tmp`` files a crash left anywhere in the state directory.
+
+    They are only ever written by `write_temp` and renamed at once; while the
+    directory lock is held nobody else writes them. Links are not followed.
+    """
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            if _TEMP_NAME.fullmatch(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 def _ensure_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -157,6 +176,7 @@ class SnapshotStore:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
         self._ops_fd = os.open(self.ops_dir, os.O_RDONLY | os.O_DIRECTORY)
+        remove_leftover_temps(self.root)
 
     def close(self) -> None:
         if self._ops_fd is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "validate_headers",
     "validate_sha256",
     "validate_url",
+    "windows_name_problem",
 ]
 
 #: The file name used when neither the URL nor the user gives one.
@@ -58,6 +59,33 @@ _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+# Device names Windows reserves in every folder, whatever the extension (``NUL.safetensors``).
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
+                              *(f"com{c}" for c in "123456789\u00b9\u00b2\u00b3"),
+                              *(f"lpt{c}" for c in "123456789\u00b9\u00b2\u00b3")})
+
+
+def _device_name(name: str) -> bool:
+    return name.split(".", 1)[0].rstrip(" .").lower() in _WINDOWS_DEVICES
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why Windows would refuse (or misread) ``name`` as a file or folder name, or None.
+
+    Reserved device names with any extension, ``<>:"|?*``, control
+    characters, and a trailing dot or space.
+    """
+    if _device_name(name):
+        return f"{name!r} is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    if (bad := _WINDOWS_RESERVED.search(name)) is not None:
+        return f"{name!r} contains {bad[0]!r}, which Windows does not allow in names"
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        return f"{name!r} contains a control character"
+    if name.endswith((".", " ")):
+        return f"{name!r} ends in a dot or a space, which Windows drops"
+    return None
+
+
 def safe_basename(name: str) -> str | None:
     """Reduce a server-supplied file name to a safe base name, or None if nothing is left.
 
@@ -71,6 +99,8 @@ def safe_basename(name: str) -> str | None:
     name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
     name = _WINDOWS_RESERVED.sub("_", name)
     name = name.strip().lstrip(".").strip().rstrip(". ")
+    if name and _device_name(name):
+        name = "_" + name  # "_NUL.safetensors" is an ordinary file everywhere
     if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
         stem, dot, suffix = name.rpartition(".")
         if not dot or len(suffix.encode("utf-8")) > 20:
