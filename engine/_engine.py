@@ -94,8 +94,10 @@ class Engine:
     # recently cancelled operations, so get()/wait() can still say "cancelled"
     _cancelled: collections.OrderedDict[str, Operation] = attrs.Factory(collections.OrderedDict)
     _succeeded: dict[str, None] = attrs.Factory(dict)  # success ops, oldest first
+    _services: "_ActorServices" = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._services = _ActorServices(self)
         self._writer = SnapshotWriter(self._store)
         self._scheduler = Scheduler(lambda: (self._settings.max_concurrent, self._settings.max_per_host))
         self._breaker = BreakerActor(
@@ -153,7 +155,7 @@ class Engine:
             if owner is not None and self._owner_answers(kind, owner, spec):
                 return owner.view()
         self._seq += 1
-        op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
+        op = OpActor(self._services, _new_id(), kind, spec, self._seq, resource=resource)
         _seed_view(op)
         self._ops[op.id] = op
         if resource is not None:
@@ -429,7 +431,7 @@ class Engine:
         spec: Any = converter.structure(snap.spec, kind.spec_type)
         status = Status(snap.status)
         op = OpActor(
-            self, snap.id, kind, spec, snap.seq, status=status,
+            self._services, snap.id, kind, spec, snap.seq, status=status,
             error=ErrorInfo(**snap.error) if snap.error else None, retries=snap.retries,
             retries_total=snap.retries_total, integrity_retry_used=snap.integrity_retry_used,
             state=dict(snap.state), bytes_done=snap.bytes_done, bytes_total=snap.bytes_total,
@@ -464,6 +466,51 @@ class Engine:
             self._store.write_stats(record)
         except OSError as exc:
             log.error("could not write statistics: %s", exc)
+
+
+@attrs.frozen
+class _ActorServices:
+    """The engine as its operation actors see it (`OpServices`): nothing more."""
+
+    _engine: Engine
+
+    @property
+    def settings(self) -> Settings:
+        return self._engine._settings
+
+    @property
+    def stats(self) -> StatsCounter:
+        return self._engine._stats
+
+    @property
+    def events(self) -> EventBus:
+        return self._engine._events
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._engine._scheduler
+
+    @property
+    def breaker(self) -> BreakerActor:
+        return self._engine._breaker
+
+    def make_context(self, op: OpActor) -> AttemptContext:
+        return self._engine._make_context(op)
+
+    def account(self, ctx: AttemptContext) -> None:
+        self._engine._account(ctx)
+
+    def save(self, op: OpActor) -> None:
+        self._engine._save(op)
+
+    def delete_snapshot(self, op_id: str) -> None:
+        self._engine._store_delete(op_id)
+
+    def publish_status(self, op: OpActor, previous: Status) -> None:
+        self._engine._publish_status(op, previous)
+
+    def status_changed(self, op: OpActor, previous: Status) -> None:
+        self._engine._status_changed(op, previous)
 
 
 @asynccontextmanager
