@@ -237,8 +237,8 @@ class DownloadKind:
         done = await complete_at_once(dest, spec.sha256, overwrite=spec.overwrite)
         if done is not None:  # the file is there already and matches its sha256
             ctx.state.clear()
-            ctx.state.update(offset=done[2], total=done[2], complete=True, file=list(done))
-            ctx.progress(done[2], done[2])
+            ctx.state.update(offset=done[0], total=done[0], complete=True, file=list(done))
+            ctx.progress(done[0], done[0])
             return
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
