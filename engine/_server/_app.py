@@ -209,7 +209,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
     @handled
     async def metrics(request: Request) -> Response:
         states: Sequence[BreakerState] = await engine.breakers()
-        text = render_metrics(engine.statistics(), engine.list(), states)
+        text = render_metrics(engine.statistics(), engine.list(), states, engine.failure_totals())
         return Response(text, media_type=CONTENT_TYPE, headers=_SECURITY_HEADERS)
 
     async def http_error(request: Request, exc: Exception) -> Response:
