@@ -29,6 +29,7 @@ from ._clocks import under_mock_clock
 from ._convert import converter
 from ._errors import ErrorInfo, RefusedError
 from ._events import EventBus, Subscription
+from ._history import History, HistoryBucket, Timeline
 from ._kinds import AttemptContext, Kind, KindRegistry
 from ._model import ACTIVE, FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
 from ._operation import OpActor
@@ -81,6 +82,7 @@ class Engine:
     _http: httpx.AsyncClient
     _events: EventBus = attrs.Factory(EventBus)
     _stats: StatsCounter = attrs.Factory(StatsCounter)
+    _history: History = attrs.Factory(History)
     _ops: dict[str, OpActor] = attrs.Factory(dict)
     _by_resource: dict[str, str] = attrs.Factory(dict)
     _supervisor: Supervisor | None = None
@@ -130,6 +132,14 @@ class Engine:
         """The statistics of SPEC section 10."""
         active = sum(1 for op in self._ops.values() if op.status in ACTIVE)
         return self._stats.snapshot(active)
+
+    def history(self, hours: int = 24) -> builtins.list[HistoryBucket]:
+        """The hourly history of SPEC 10.1 for the last ``hours`` hours (1..720), oldest first."""
+        return self._history.buckets(hours)
+
+    def failure_totals(self) -> dict[tuple[str, str], int]:
+        """All-time failures by (code, host), for counters that never go down."""
+        return dict(self._history.failures_total)
 
     async def breakers(self) -> builtins.list[BreakerState]:
         """Each breaker scope's state (scopes appear once an operation used them)."""
@@ -405,7 +415,9 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------
 
     def _load(self) -> None:
-        self._stats = StatsCounter.from_record(self._store.read_stats())
+        record = self._store.read_stats()
+        self._stats = StatsCounter.from_record(record)
+        self._history = History.from_record(record.get("history"))
         snaps, problems = self._store.load_all()
         for problem in problems:
             log.error("snapshot %s: %s", problem.path, problem.reason)
@@ -437,6 +449,7 @@ class Engine:
             state=dict(snap.state), bytes_done=snap.bytes_done, bytes_total=snap.bytes_total,
             created_at=snap.created_at, updated_at=snap.updated_at,
             first_failure_at=snap.first_failure_at, output_tail=list(snap.output_tail),
+            timeline=Timeline.from_records(snap.timeline),
             resource=kind.resource_key(spec),
         )
         _seed_view(op)
@@ -448,9 +461,9 @@ class Engine:
     async def _stats_loop(self) -> None:
         while True:
             await trio.sleep(_STATS_FLUSH_S)
-            if self._stats_dirty:
+            if self._stats_dirty or self._history.dirty:
                 self._stats_dirty = False
-                record = self._stats.to_record()
+                record = self._stats_record()
                 if under_mock_clock():
                     self._write_stats(record)
                 else:  # two fsyncs: not on the event loop (see engine._clocks)
@@ -459,7 +472,12 @@ class Engine:
 
     def _flush_stats(self) -> None:
         self._stats_dirty = False
-        self._write_stats(self._stats.to_record())
+        self._write_stats(self._stats_record())
+
+    def _stats_record(self) -> dict[str, Any]:
+        """Statistics and history, written together (one file, one periodic write)."""
+        self._history.dirty = False
+        return {**self._stats.to_record(), "history": self._history.to_record()}
 
     def _write_stats(self, record: dict[str, Any]) -> None:
         try:
@@ -493,6 +511,10 @@ class _ActorServices:
     @property
     def breaker(self) -> BreakerActor:
         return self._engine._breaker
+
+    @property
+    def history(self) -> History:
+        return self._engine._history
 
     def make_context(self, op: OpActor) -> AttemptContext:
         return self._engine._make_context(op)

@@ -161,6 +161,7 @@ class Operation:
     steps_done: int | None = None
     steps_total: int | None = None
     resource: str | None = None
+    timeline: list[dict[str, Any]] = attrs.Factory(list)  # attempts, SPEC 10.1
 
     @property
     def terminal(self) -> bool:
@@ -176,4 +177,5 @@ class Operation:
         d["status"] = self.status.value
         d["error"] = self.error.to_dict() if self.error else None
         d["output_tail"] = list(self.output_tail)
+        d["timeline"] = [dict(t) for t in self.timeline]
         return d

@@ -26,6 +26,7 @@ from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception,
 from ._kinds import CONTINUE, AttemptContext, Kind
 from ._model import TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
 from ._events import EventBus
+from ._history import History, Timeline
 from ._scheduler import Scheduler
 from ._settings import Settings
 from ._stats import StatsCounter
@@ -58,6 +59,8 @@ class OpServices(Protocol):
     def scheduler(self) -> Scheduler: ...
     @property
     def breaker(self) -> BreakerActor: ...
+    @property
+    def history(self) -> History: ...
 
     def make_context(self, op: "OpActor") -> AttemptContext:
         """The context for the operation's next attempt."""
@@ -100,6 +103,7 @@ class OpActor:
     next_retry_at: float | None = None
     resource: str | None = None
     last_failure: ErrorInfo | None = None  # the last attempt's error (not a breaker wait)
+    timeline: Timeline = attrs.Factory(Timeline)  # SPEC 10.1, in the snapshot
 
     # runtime only
     _mailbox: Mailbox[Any] = attrs.Factory(open_mailbox)
@@ -134,6 +138,7 @@ class OpActor:
             retries_total=self.retries_total, output_tail=list(self.output_tail),
             step=self.extra.get("step"), steps_done=self.extra.get("steps_done"),
             steps_total=self.extra.get("steps_total"), resource=self.resource,
+            timeline=self.timeline.to_records(),
         )
 
     def snapshot(self) -> OpSnapshot:
@@ -144,7 +149,7 @@ class OpActor:
             integrity_retry_used=self.integrity_retry_used, state=self.state,
             bytes_done=self.bytes_done, bytes_total=self.bytes_total, created_at=self.created_at,
             updated_at=self.updated_at, first_failure_at=self.first_failure_at,
-            output_tail=self.output_tail[-200:],
+            output_tail=self.output_tail[-200:], timeline=self.timeline.to_records(),
         )
 
     # -- status ------------------------------------------------------------------
@@ -288,6 +293,7 @@ class OpActor:
             self._set_status(Z)
             self.save()
         elif control is Control.RESUME:
+            self.timeline.plan("resume")
             self._set_status(P)
             self.save()
         elif control is Control.CANCEL:
@@ -304,6 +310,7 @@ class OpActor:
         elif control in (Control.RETRY_NOW, Control.FORCE_RETRY):
             stats.retry_attempts += 1
             self.retries_total += 1
+            self.timeline.plan(control.value)
             if control is Control.FORCE_RETRY:
                 self._bypass_breaker = True
                 self.integrity_retry_used = False
@@ -382,6 +389,8 @@ class OpActor:
             if self.status is not run_as:
                 self._set_status(run_as, keep_error=run_as is R)
             ctx = services.make_context(self)
+            self.timeline.begin()
+            services.history.attempt()
             try:
                 if await self.kind.attempt(ctx) is CONTINUE:
                     continued = True
@@ -403,12 +412,22 @@ class OpActor:
             slot.release()
             if ctx is not None:
                 services.account(ctx)
+                self._record_attempt(ctx, outcome, finished, continued)
         if continued and outcome is None:
             self.save()  # the next attempt starts at once, through slot and breaker again
         elif outcome is None:
             self._succeeded()
         else:
             self._failed(outcome, ctx)
+
+    def _record_attempt(self, ctx: AttemptContext, outcome: AttemptFailed | None, finished: bool,
+                        continued: bool) -> None:
+        how = ("interrupted" if not finished else "failed" if outcome is not None
+               else "continue" if continued else "success")
+        connections = self.extra.get("connections", 1 if self.kind.name == "download" else None)
+        self.timeline.end(how, code=outcome.error.code if outcome is not None else None,
+                          bytes_received=ctx.bytes_received, connections=connections)
+        self.services.history.received(ctx.bytes_received)
 
     def _note_wait(self, wait_error: ErrorInfo) -> None:
         self.error = wait_error
@@ -422,6 +441,8 @@ class OpActor:
         elif self.retries_total and self.first_failure_at is not None:
             recovery_s = time.time() - self.first_failure_at  # the failure was before a restart
         self.services.stats.succeeded(recovery_s)
+        if recovery_s is not None:
+            self.services.history.recovery(recovery_s)
         self.rate_bps, self.eta_s = 0.0, None
         self._set_status(S)
         self.save()
@@ -434,6 +455,7 @@ class OpActor:
         err = outcome.error
         self.last_failure = err
         services.stats.error(err.code)
+        services.history.failure(err.code, self._host())
         if self.first_failure_at is None:
             self.first_failure_at = time.time()
             self._first_failure_clock = trio.current_time()
@@ -461,6 +483,7 @@ class OpActor:
         self.retries_total += 1
         services.stats.retry_attempts += 1
         self._backoff_deadline = trio.current_time() + decision.delay_s
+        self.timeline.plan("automatic", decision.delay_s)
         next_retry_at = time.time() + decision.delay_s
         self.next_retry_at = next_retry_at
         if self.status is R:

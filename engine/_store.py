@@ -58,6 +58,7 @@ class OpSnapshot:
     updated_at: float = 0.0
     first_failure_at: float | None = None
     output_tail: list[str] = attrs.Factory(list)
+    timeline: list[dict[str, Any]] = attrs.Factory(list)  # absent in older snapshots
 
 
 @attrs.frozen

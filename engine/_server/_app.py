@@ -25,6 +25,7 @@ from .._engine import Engine
 from .._errors import RefusedError
 from ._intake import spec_from_json
 from ._metrics import CONTENT_TYPE, render_metrics
+from ._report import help_routes
 from ._security import cookie_name, error_body, token_matches
 from ._ws import dumps, events_endpoint
 
@@ -217,7 +218,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
     @handled
     async def metrics(request: Request) -> Response:
         states: Sequence[BreakerState] = await engine.breakers()
-        text = render_metrics(engine.statistics(), engine.list(), states)
+        text = render_metrics(engine.statistics(), engine.list(), states, engine.failure_totals())
         return Response(text, media_type=CONTENT_TYPE, headers=_SECURITY_HEADERS)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -240,6 +241,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
         Route("/api/operations/{op_id}", get_operation, methods=["GET"]),
         Route("/api/operations/{op_id}", forget, methods=["DELETE"]),
         Route("/api/operations/{op_id}/{action}", control, methods=["POST"]),
+        *help_routes(engine),
         Route("/api/recovery/performance", performance, methods=["GET"]),
         Route("/api/settings", get_settings, methods=["GET"]),
         Route("/api/settings", put_settings, methods=["PUT"]),
