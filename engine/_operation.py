@@ -24,6 +24,7 @@ from ._breaker import BreakerActor, Go
 from ._convert import converter
 from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
 from ._kinds import CONTINUE, AttemptContext, Kind
+from ._rate import RateWindow, eta_s
 from ._model import TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
 from ._events import EventBus
 from ._history import History, Timeline
@@ -118,7 +119,8 @@ class OpActor:
     _last_progress_emit: float = -math.inf
     _emitted_step: tuple[Any, Any] = (None, None)
     _first_failure_clock: float | None = None  # trio time, exact under a mock clock
-    _rate_sample: tuple[float, int] | None = None
+    _rate: RateWindow = attrs.Factory(RateWindow)
+    _attempt_start_bytes: int | None = None  # set while an attempt that should prove progress runs
     changed: trio.Event = attrs.Factory(trio.Event)
 
     # -- views -----------------------------------------------------------------
@@ -129,16 +131,25 @@ class OpActor:
 
     def view(self) -> Operation:
         settings = self.services.settings
+        rate, eta = self.rate_bps, self.eta_s
+        if self.status is I:
+            try:
+                rate = self._rate.rate(trio.current_time())
+            except RuntimeError:  # called outside trio: the last figure computed
+                pass
+            else:
+                eta = eta_s(rate, self.bytes_done, self.bytes_total)
         return Operation(
             id=self.id, kind=self.kind.name, spec=self.kind.describe(self.spec), status=self.status,
             error=self.error, attempt=self.retries, max_retries=settings.max_retries,
             next_retry_at=self.next_retry_at if self.status is R else None,
-            bytes_done=self.bytes_done, bytes_total=self.bytes_total, rate_bps=round(self.rate_bps, 1),
-            eta_s=self.eta_s, created_at=self.created_at, updated_at=self.updated_at,
+            bytes_done=self.bytes_done, bytes_total=self.bytes_total, rate_bps=round(rate, 1),
+            eta_s=eta, created_at=self.created_at, updated_at=self.updated_at,
             retries_total=self.retries_total, output_tail=list(self.output_tail),
             step=self.extra.get("step"), steps_done=self.extra.get("steps_done"),
             steps_total=self.extra.get("steps_total"), resource=self.resource,
             timeline=self.timeline.to_records(),
+            last_error=self.last_failure,
         )
 
     def snapshot(self) -> OpSnapshot:
@@ -169,8 +180,10 @@ class OpActor:
         self.updated_at = time.time()
         if new is not R:
             self.next_retry_at = None
-        if new is not I and new is not R:
+        if new is not I:
+            # waiting, paused or ended: nothing flows, so no old rate stays on show
             self.rate_bps, self.eta_s = 0.0, None
+            self._rate.reset()
         self.services.status_changed(self, old)
         self.changed.set()
         self.changed = trio.Event()
@@ -388,6 +401,8 @@ class OpActor:
             self._run_as = None
             if self.status is not run_as:
                 self._set_status(run_as, keep_error=run_as is R)
+            # A retry attempt is "recovering" until it makes progress (SPEC 2.1).
+            self._attempt_start_bytes = self.bytes_done if self.status is R else None
             ctx = services.make_context(self)
             self.timeline.begin()
             services.history.attempt()
@@ -505,18 +520,21 @@ class OpActor:
 
     def on_progress(self, bytes_done: int, bytes_total: int | None, extra: dict[str, Any]) -> None:
         now = trio.current_time()
+        start = self._attempt_start_bytes
         self.bytes_done, self.bytes_total = bytes_done, bytes_total
         if extra:
             self.extra.update(extra)
-        sample = self._rate_sample
-        if sample is None or bytes_done < sample[1]:
-            self._rate_sample = (now, bytes_done)
-        elif now - sample[0] >= 0.5:
-            instant = (bytes_done - sample[1]) / (now - sample[0])
-            self.rate_bps = instant if not self.rate_bps else 0.7 * self.rate_bps + 0.3 * instant
-            self._rate_sample = (now, bytes_done)
-        if bytes_total is not None and self.rate_bps > 0:
-            self.eta_s = round(max(0, bytes_total - bytes_done) / self.rate_bps, 1)
+        if self.status is R and start is not None and (
+                bytes_done > start or ("step" in extra and self.kind.name != "download")):
+            # The retry is flowing again: in_progress, the attempt counter kept,
+            # the failure it recovered from readable as last_error (SPEC 2.1).
+            self._attempt_start_bytes = None
+            self._set_status(I)
+            log.info("op %s: recovering -> in_progress: attempt %d/%d is making progress",
+                     self.id, self.retries, self.services.settings.max_retries)
+        self._rate.add(now, bytes_done)
+        self.rate_bps = self._rate.rate(now)
+        self.eta_s = eta_s(self.rate_bps, bytes_done, bytes_total)
         # A project's move to another step is always published (not throttled
         # away), so a display never shows a finished step as the running one.
         step = (self.extra.get("step"), self.extra.get("steps_done"))
