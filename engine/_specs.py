@@ -9,11 +9,11 @@ kind's ``validate``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import attrs
 
-__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "redact_headers"]
+__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "redact_headers", "register_workflow_reader"]
 
 # Header names whose values are credentials: never logged, shown or evented.
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key",
@@ -57,6 +57,15 @@ class InstallSpec:
 
 StepSpec = Union[DownloadSpec, InstallSpec]
 
+#: Workflow readers by format, registered by the package that implements them
+#: (`engine._projects` registers ``comfyui``), so the records here import none.
+_WORKFLOW_READERS: dict[str, Callable[[str | Path, str | Path], "ProjectSpec"]] = {}
+
+
+def register_workflow_reader(fmt: str, reader: Callable[[str | Path, str | Path], "ProjectSpec"]) -> None:
+    """Make ``ProjectSpec.from_<fmt>_workflow`` use ``reader``."""
+    _WORKFLOW_READERS[fmt] = reader
+
 
 @attrs.frozen(kw_only=True)
 class ProjectSpec:
@@ -70,9 +79,11 @@ class ProjectSpec:
     @classmethod
     def from_comfyui_workflow(cls, path: str | Path, comfyui_dir: str | Path) -> "ProjectSpec":
         """The project that fetches the models a ComfyUI workflow needs (SPEC 7.1)."""
-        from ._projects._comfyui import project_from_workflow
-
-        return project_from_workflow(path, comfyui_dir)
+        try:
+            reader = _WORKFLOW_READERS["comfyui"]
+        except KeyError:
+            raise RuntimeError("no ComfyUI workflow reader: import ProjectSpec from engine") from None
+        return reader(path, comfyui_dir)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "steps": len(self.steps)}
