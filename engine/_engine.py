@@ -46,14 +46,19 @@ log = logging.getLogger("engine")
 _STATS_FLUSH_S = 1.0
 
 
-def builtin_kinds() -> KindRegistry:
-    """A registry with the built-in download, install and project kinds."""
+def builtin_kinds(state_dir: Path | None = None) -> KindRegistry:
+    """A registry with the built-in download, install and project kinds.
+
+    With ``state_dir``, downloads use its ``credentials.toml`` (SPEC 6.3).
+    """
+    from ._download._credentials import CredentialStore
     from ._download._kind import DownloadKind
     from ._projects._install import InstallKind
     from ._projects._project import ProjectKind
 
     registry = KindRegistry()
-    registry.register(DownloadKind())
+    store = CredentialStore.in_state_dir(state_dir) if state_dir is not None else None
+    registry.register(DownloadKind(credentials=store))
     registry.register(InstallKind())
     registry.register(ProjectKind(registry))
     return registry
@@ -559,7 +564,7 @@ async def open_engine(
         run_settings = settings if settings is not None else file_settings
         if overrides:
             run_settings = run_settings.updated(dict(overrides))
-        registry = builtin_kinds()
+        registry = builtin_kinds(root)
         for kind in kinds:
             registry.register(kind, replace=True)
         own_http = http is None

@@ -89,6 +89,8 @@ from ._names import (
 from .._settings import Settings
 from .._specs import DownloadSpec, redact_headers
 from ._wire import HashWorker, ReadBatcher, widen_reads
+from ._credentials import CredentialStore
+from ._hubs import HubEnv, host_auth, hub_failure, hub_url, web_page_failure
 
 __all__ = [
     "FALLBACK_NAME",
@@ -167,6 +169,8 @@ class DownloadKind:
     spec_type: type = attrs.field(default=DownloadSpec, init=False)
     _write: Writer = os.write
     _statvfs: Callable[[str], os.statvfs_result] = os.statvfs
+    #: ``<state_dir>/credentials.toml`` (SPEC 6.3); None: no per-host credentials.
+    credentials: CredentialStore | None = None
 
     def validate(self, spec: Any, settings: Settings) -> DownloadSpec:
         """Check the spec and return it with an absolute ``dest`` (see the module docstring)."""
@@ -192,13 +196,18 @@ class DownloadKind:
 
     def describe(self, spec: DownloadSpec) -> dict[str, Any]:
         """The spec as shown in events and the API: no credentials."""
-        return {
+        described = {
             "url": redact_url(spec.url),
             "dest": spec.dest,
             "sha256": spec.sha256,
             "headers": redact_headers(spec.headers or {}),
             "overwrite": spec.overwrite,
         }
+        fetched, note = hub_url(spec.url)
+        if note:  # SPEC 6.3: the plan and the events say what is really fetched
+            described["fetched_as"] = redact_url(fetched)
+            described["note"] = note
+        return described
 
     def discard(self, spec: DownloadSpec, state: dict[str, Any]) -> None:
         """Delete the ``.part`` file; a finished destination is never touched."""
@@ -249,7 +258,7 @@ class DownloadKind:
             part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write)
         except OSError as exc:
             raise classify_exception(exc) from exc
-        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs)
+        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs, self.credentials)
         try:
             await transfer.run()
         except BaseException:
@@ -301,10 +310,14 @@ class _Transfer:
     dest: Path
     part: PartFile
     statvfs: Callable[[str], os.statvfs_result]
+    credentials: CredentialStore | None = None
     hasher: HashWorker | None = None
     hashed: int = 0
     total: int | None = None
     _batcher: Any = None
+    _env: HubEnv = attrs.Factory(HubEnv)
+    _url: str = ""
+    _sent_token: bool = False
 
     @property
     def state(self) -> dict[str, Any]:
@@ -355,8 +368,18 @@ class _Transfer:
             await self._rehash(offset)
         timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_timeout_s,
                                 write=settings.stall_timeout_s, pool=None)
-        request = ctx.http.build_request("GET", self.spec.url, headers=self._headers(offset),
-                                         timeout=timeout)
+        # Every attempt starts from the original URL, with the hub rules of SPEC 6.3.
+        env = HubEnv.current()
+        url, note = hub_url(self.spec.url, env)
+        if note:
+            log.info("op %s: %s: %s", ctx.op_id, note, redact_url(url))
+        auth = host_auth(url, env, self.credentials)
+        self._sent_token = bool(auth.headers) or any(k.lower() == "authorization" for k in self.spec.headers)
+        self._env, self._url = env, url
+        request = ctx.http.build_request("GET", url, headers=self._headers(offset), timeout=timeout)
+        # The host's own credentials go on the first request only; a redirect to
+        # another host drops every credential header (send_following_redirects).
+        request.headers.update(auth.headers)
         response: httpx.Response | None = None
         wait_s = settings.connect_timeout_s + settings.stall_timeout_s
         try:
@@ -397,8 +420,14 @@ class _Transfer:
                    else f"the server cannot resume at byte {offset}")
             await self._restart(why)
             return "restart"
+        refused = hub_failure(self._url, response, self._env, sent_token=self._sent_token)
+        if refused is not None:
+            raise refused
         if status not in (200, 206):
             raise classify_status(status, headers)
+        page = web_page_failure(self.dest.name, response)
+        if page is not None:
+            raise page  # before a byte is written (and before a partial file is discarded)
 
         if status == 206:
             content_range = _content_range(headers.get("content-range"))

@@ -112,9 +112,16 @@ def safe_basename(name: str) -> str | None:
 
 
 def name_from_url(url: str) -> str | None:
-    """The safe base name of the URL path's last segment, or None."""
+    """The safe base name of the URL path's last segment, or None.
+
+    A civitai-style ``/api/download/models/<number>`` has no name in its URL
+    (the number is a version id): None, so Content-Disposition names the file.
+    """
     path = urllib.parse.urlsplit(url).path
-    return safe_basename(urllib.parse.unquote(path.rsplit("/", 1)[-1]))
+    last = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+    if last.isdigit() and "/api/download/" in path:
+        return None
+    return safe_basename(last)
 
 
 def name_from_content_disposition(value: str | None) -> str | None:
