@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
     "Kind": "._kinds",
     "KindRegistry": "._kinds",
     "Operation": "._model",
-    "ProjectSpec": "._specs",
+    "ProjectSpec": "._projects",  # the package that registers its workflow reader
     "RecoveryError": "._errors",
     "RefusedError": "._errors",
     "Settings": "._settings",
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from ._settings import Settings as Settings
     from ._specs import DownloadSpec as DownloadSpec
     from ._specs import InstallSpec as InstallSpec
-    from ._specs import ProjectSpec as ProjectSpec
+    from ._projects import ProjectSpec as ProjectSpec
     from ._stats import Statistics as Statistics
 
 __all__ = sorted(_EXPORTS)

@@ -29,6 +29,7 @@ from ._clocks import under_mock_clock
 from ._convert import converter
 from ._errors import ErrorInfo, RefusedError
 from ._events import EventBus, Subscription
+from ._history import History, HistoryBucket, Timeline
 from ._kinds import AttemptContext, Kind, KindRegistry
 from ._model import ACTIVE, FINISHED, TERMINAL, Control, Operation, Status, check_transition, refuse_control
 from ._operation import OpActor
@@ -45,14 +46,19 @@ log = logging.getLogger("engine")
 _STATS_FLUSH_S = 1.0
 
 
-def builtin_kinds() -> KindRegistry:
-    """A registry with the built-in download, install and project kinds."""
+def builtin_kinds(state_dir: Path | None = None) -> KindRegistry:
+    """A registry with the built-in download, install and project kinds.
+
+    With ``state_dir``, downloads use its ``credentials.toml`` (SPEC 6.3).
+    """
+    from ._download._credentials import CredentialStore
     from ._download._kind import DownloadKind
     from ._projects._install import InstallKind
     from ._projects._project import ProjectKind
 
     registry = KindRegistry()
-    registry.register(DownloadKind())
+    store = CredentialStore.in_state_dir(state_dir) if state_dir is not None else None
+    registry.register(DownloadKind(credentials=store))
     registry.register(InstallKind())
     registry.register(ProjectKind(registry))
     return registry
@@ -81,6 +87,7 @@ class Engine:
     _http: httpx.AsyncClient
     _events: EventBus = attrs.Factory(EventBus)
     _stats: StatsCounter = attrs.Factory(StatsCounter)
+    _history: History = attrs.Factory(History)
     _ops: dict[str, OpActor] = attrs.Factory(dict)
     _by_resource: dict[str, str] = attrs.Factory(dict)
     _supervisor: Supervisor | None = None
@@ -94,8 +101,10 @@ class Engine:
     # recently cancelled operations, so get()/wait() can still say "cancelled"
     _cancelled: collections.OrderedDict[str, Operation] = attrs.Factory(collections.OrderedDict)
     _succeeded: dict[str, None] = attrs.Factory(dict)  # success ops, oldest first
+    _services: "_ActorServices" = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._services = _ActorServices(self)
         self._writer = SnapshotWriter(self._store)
         self._scheduler = Scheduler(lambda: (self._settings.max_concurrent, self._settings.max_per_host))
         self._breaker = BreakerActor(
@@ -129,6 +138,14 @@ class Engine:
         active = sum(1 for op in self._ops.values() if op.status in ACTIVE)
         return self._stats.snapshot(active)
 
+    def history(self, hours: int = 24) -> builtins.list[HistoryBucket]:
+        """The hourly history of SPEC 10.1 for the last ``hours`` hours (1..720), oldest first."""
+        return self._history.buckets(hours)
+
+    def failure_totals(self) -> dict[tuple[str, str], int]:
+        """All-time failures by (code, host), for counters that never go down."""
+        return dict(self._history.failures_total)
+
     async def breakers(self) -> builtins.list[BreakerState]:
         """Each breaker scope's state (scopes appear once an operation used them)."""
         return await self._breaker.states()
@@ -149,11 +166,11 @@ class Engine:
         spec = kind.validate(spec, self._settings)
         resource = kind.resource_key(spec)
         if resource is not None:
-            owner = self._by_resource.get(resource)
-            if owner is not None and owner in self._ops and self._ops[owner].status is not Status.SUCCESS:
-                return self._ops[owner].view()
+            owner = self._ops.get(self._by_resource.get(resource, ""))
+            if owner is not None and self._owner_answers(kind, owner, spec):
+                return owner.view()
         self._seq += 1
-        op = OpActor(self, _new_id(), kind, spec, self._seq, resource=resource)
+        op = OpActor(self._services, _new_id(), kind, spec, self._seq, resource=resource)
         _seed_view(op)
         self._ops[op.id] = op
         if resource is not None:
@@ -165,6 +182,25 @@ class Engine:
         self._start_actor(op)
         self._trim_history()
         return op.view()
+
+    def _owner_answers(self, kind: Any, owner: OpActor, spec: Any) -> bool:
+        """Whether the operation recorded for a resource answers a new submission of ``spec``.
+
+        A live (or paused, failed...) owner does: no second writer. A success
+        does when the kind says its result is still intact (``still_complete``):
+        a rerun is complete at once, nothing fetched again. A download refused
+        with ``E_EXISTS`` gives way to a submission that asks something else
+        (overwrite), so asking again is possible.
+        """
+        if owner.status is Status.SUCCESS:
+            still_complete = getattr(kind, "still_complete", None)
+            return bool(still_complete is not None and still_complete(owner.spec, owner.state, spec))
+        if (owner.status is Status.FAILED and owner.error is not None and owner.error.code == "E_EXISTS"
+                and owner.spec != spec):
+            owner._mailbox.close()
+            self._drop(owner)
+            return False
+        return True
 
     async def pause(self, op_id: str) -> Operation:
         """Stop running work promptly, keep all progress (-> paused)."""
@@ -384,7 +420,9 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------
 
     def _load(self) -> None:
-        self._stats = StatsCounter.from_record(self._store.read_stats())
+        record = self._store.read_stats()
+        self._stats = StatsCounter.from_record(record)
+        self._history = History.from_record(record.get("history"))
         snaps, problems = self._store.load_all()
         for problem in problems:
             log.error("snapshot %s: %s", problem.path, problem.reason)
@@ -401,7 +439,7 @@ class Engine:
             self._ops[op.id] = op
             if op.status is Status.SUCCESS:
                 self._succeeded[op.id] = None
-            if op.resource is not None and op.status is not Status.SUCCESS:
+            if op.resource is not None:  # a later one for the same resource wins
                 self._by_resource[op.resource] = op.id
             self._seq = max(self._seq, op.seq)
 
@@ -410,12 +448,13 @@ class Engine:
         spec: Any = converter.structure(snap.spec, kind.spec_type)
         status = Status(snap.status)
         op = OpActor(
-            self, snap.id, kind, spec, snap.seq, status=status,
+            self._services, snap.id, kind, spec, snap.seq, status=status,
             error=ErrorInfo(**snap.error) if snap.error else None, retries=snap.retries,
             retries_total=snap.retries_total, integrity_retry_used=snap.integrity_retry_used,
             state=dict(snap.state), bytes_done=snap.bytes_done, bytes_total=snap.bytes_total,
             created_at=snap.created_at, updated_at=snap.updated_at,
             first_failure_at=snap.first_failure_at, output_tail=list(snap.output_tail),
+            timeline=Timeline.from_records(snap.timeline),
             resource=kind.resource_key(spec),
         )
         _seed_view(op)
@@ -427,9 +466,9 @@ class Engine:
     async def _stats_loop(self) -> None:
         while True:
             await trio.sleep(_STATS_FLUSH_S)
-            if self._stats_dirty:
+            if self._stats_dirty or self._history.dirty:
                 self._stats_dirty = False
-                record = self._stats.to_record()
+                record = self._stats_record()
                 if under_mock_clock():
                     self._write_stats(record)
                 else:  # two fsyncs: not on the event loop (see engine._clocks)
@@ -438,13 +477,67 @@ class Engine:
 
     def _flush_stats(self) -> None:
         self._stats_dirty = False
-        self._write_stats(self._stats.to_record())
+        self._write_stats(self._stats_record())
+
+    def _stats_record(self) -> dict[str, Any]:
+        """Statistics and history, written together (one file, one periodic write)."""
+        self._history.dirty = False
+        return {**self._stats.to_record(), "history": self._history.to_record()}
 
     def _write_stats(self, record: dict[str, Any]) -> None:
         try:
             self._store.write_stats(record)
         except OSError as exc:
             log.error("could not write statistics: %s", exc)
+
+
+@attrs.frozen
+class _ActorServices:
+    """The engine as its operation actors see it (`OpServices`): nothing more."""
+
+    _engine: Engine
+
+    @property
+    def settings(self) -> Settings:
+        return self._engine._settings
+
+    @property
+    def stats(self) -> StatsCounter:
+        return self._engine._stats
+
+    @property
+    def events(self) -> EventBus:
+        return self._engine._events
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._engine._scheduler
+
+    @property
+    def breaker(self) -> BreakerActor:
+        return self._engine._breaker
+
+    @property
+    def history(self) -> History:
+        return self._engine._history
+
+    def make_context(self, op: OpActor) -> AttemptContext:
+        return self._engine._make_context(op)
+
+    def account(self, ctx: AttemptContext) -> None:
+        self._engine._account(ctx)
+
+    def save(self, op: OpActor) -> None:
+        self._engine._save(op)
+
+    def delete_snapshot(self, op_id: str) -> None:
+        self._engine._store_delete(op_id)
+
+    def publish_status(self, op: OpActor, previous: Status) -> None:
+        self._engine._publish_status(op, previous)
+
+    def status_changed(self, op: OpActor, previous: Status) -> None:
+        self._engine._status_changed(op, previous)
 
 
 @asynccontextmanager
@@ -471,7 +564,7 @@ async def open_engine(
         run_settings = settings if settings is not None else file_settings
         if overrides:
             run_settings = run_settings.updated(dict(overrides))
-        registry = builtin_kinds()
+        registry = builtin_kinds(root)
         for kind in kinds:
             registry.register(kind, replace=True)
         own_http = http is None

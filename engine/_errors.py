@@ -112,6 +112,12 @@ ERRORS: Mapping[str, ErrorKind] = _kinds(
     ("E_INVALID_INPUT", "input", False,
      "Correct the request: only http and https URLs, destinations inside the "
      "download root and known spec fields are accepted."),
+    ("E_EXISTS", "input", False,
+     "The destination already holds a file this engine did not write; it was left untouched. "
+     "Choose another destination, or ask for overwrite (--overwrite, \"overwrite\": true)."),
+    ("E_IN_USE", "input", False,
+     "Another engine (another state directory or process) is writing this destination; "
+     "wait for it to finish, or choose another destination."),
     ("E_INTERNAL", "internal", False,
      "This is a bug in the engine: report it with the log. Use force retry to try again."),
     ("E_INVALID_STATE", "control", False,

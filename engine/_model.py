@@ -161,6 +161,9 @@ class Operation:
     steps_done: int | None = None
     steps_total: int | None = None
     resource: str | None = None
+    timeline: list[dict[str, Any]] = attrs.Factory(list)  # attempts, SPEC 10.1
+    #: the failure the last retry recovered from (kept after the operation flows again)
+    last_error: ErrorInfo | None = None
 
     @property
     def terminal(self) -> bool:
@@ -175,5 +178,7 @@ class Operation:
         d = attrs.asdict(self, recurse=False)
         d["status"] = self.status.value
         d["error"] = self.error.to_dict() if self.error else None
+        d["last_error"] = self.last_error.to_dict() if self.last_error else None
         d["output_tail"] = list(self.output_tail)
+        d["timeline"] = [dict(t) for t in self.timeline]
         return d

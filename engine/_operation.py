@@ -13,24 +13,27 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from supervisors import Backoff, GiveUp, Mailbox, Request, RetryPolicy, open_mailbox
 
-from ._breaker import Go
+from ._breaker import BreakerActor, Go
 from ._convert import converter
 from ._errors import AttemptFailed, ErrorInfo, RefusedError, classify_exception, error
 from ._kinds import CONTINUE, AttemptContext, Kind
+from ._rate import RateWindow, eta_s
 from ._model import TERMINAL, TRANSITIONS, Control, Operation, Status, check_transition, refuse_control
+from ._events import EventBus
+from ._history import History, Timeline
+from ._scheduler import Scheduler
+from ._settings import Settings
+from ._stats import StatsCounter
 from ._store import OpSnapshot
 
-if TYPE_CHECKING:
-    from ._engine import Engine
-
-__all__ = ["OpActor"]
+__all__ = ["OpActor", "OpServices"]
 
 log = logging.getLogger("engine")
 
@@ -40,11 +43,45 @@ P, I, R, Z, S, F, X, C = (Status.PENDING, Status.IN_PROGRESS, Status.RECOVERING,
 _PROGRESS_INTERVAL_S = 0.1  # at most 10 progress events per second per operation
 
 
+class OpServices(Protocol):
+    """What an operation actor needs from the engine that owns it.
+
+    The engine hands every actor one object with these members; the actor
+    knows nothing else of its owner (and imports nothing of it).
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def stats(self) -> StatsCounter: ...
+    @property
+    def events(self) -> EventBus: ...
+    @property
+    def scheduler(self) -> Scheduler: ...
+    @property
+    def breaker(self) -> BreakerActor: ...
+    @property
+    def history(self) -> History: ...
+
+    def make_context(self, op: "OpActor") -> AttemptContext:
+        """The context for the operation's next attempt."""
+    def account(self, ctx: AttemptContext) -> None:
+        """Count what an attempt moved in the statistics."""
+    def save(self, op: "OpActor") -> None:
+        """Mark the operation's snapshot for the next batched write."""
+    def delete_snapshot(self, op_id: str) -> None:
+        """Remove a cancelled operation's snapshot."""
+    def publish_status(self, op: "OpActor", previous: Status) -> None:
+        """Send the ``status`` event for the operation's current status."""
+    def status_changed(self, op: "OpActor", previous: Status) -> None:
+        """React to a status change (event, statistics, history bookkeeping)."""
+
+
 @attrs.define(eq=False)
 class OpActor:
     """One operation: its record, its mailbox and its worker."""
 
-    engine: "Engine"
+    services: OpServices
     id: str
     kind: Kind
     spec: Any
@@ -67,6 +104,7 @@ class OpActor:
     next_retry_at: float | None = None
     resource: str | None = None
     last_failure: ErrorInfo | None = None  # the last attempt's error (not a breaker wait)
+    timeline: Timeline = attrs.Factory(Timeline)  # SPEC 10.1, in the snapshot
 
     # runtime only
     _mailbox: Mailbox[Any] = attrs.Factory(open_mailbox)
@@ -81,7 +119,8 @@ class OpActor:
     _last_progress_emit: float = -math.inf
     _emitted_step: tuple[Any, Any] = (None, None)
     _first_failure_clock: float | None = None  # trio time, exact under a mock clock
-    _rate_sample: tuple[float, int] | None = None
+    _rate: RateWindow = attrs.Factory(RateWindow)
+    _attempt_start_bytes: int | None = None  # set while an attempt that should prove progress runs
     changed: trio.Event = attrs.Factory(trio.Event)
 
     # -- views -----------------------------------------------------------------
@@ -91,16 +130,26 @@ class OpActor:
         return self._mailbox.address
 
     def view(self) -> Operation:
-        settings = self.engine.settings
+        settings = self.services.settings
+        rate, eta = self.rate_bps, self.eta_s
+        if self.status is I:
+            try:
+                rate = self._rate.rate(trio.current_time())
+            except RuntimeError:  # called outside trio: the last figure computed
+                pass
+            else:
+                eta = eta_s(rate, self.bytes_done, self.bytes_total)
         return Operation(
             id=self.id, kind=self.kind.name, spec=self.kind.describe(self.spec), status=self.status,
             error=self.error, attempt=self.retries, max_retries=settings.max_retries,
             next_retry_at=self.next_retry_at if self.status is R else None,
-            bytes_done=self.bytes_done, bytes_total=self.bytes_total, rate_bps=round(self.rate_bps, 1),
-            eta_s=self.eta_s, created_at=self.created_at, updated_at=self.updated_at,
+            bytes_done=self.bytes_done, bytes_total=self.bytes_total, rate_bps=round(rate, 1),
+            eta_s=eta, created_at=self.created_at, updated_at=self.updated_at,
             retries_total=self.retries_total, output_tail=list(self.output_tail),
             step=self.extra.get("step"), steps_done=self.extra.get("steps_done"),
             steps_total=self.extra.get("steps_total"), resource=self.resource,
+            timeline=self.timeline.to_records(),
+            last_error=self.last_failure,
         )
 
     def snapshot(self) -> OpSnapshot:
@@ -111,7 +160,7 @@ class OpActor:
             integrity_retry_used=self.integrity_retry_used, state=self.state,
             bytes_done=self.bytes_done, bytes_total=self.bytes_total, created_at=self.created_at,
             updated_at=self.updated_at, first_failure_at=self.first_failure_at,
-            output_tail=self.output_tail[-200:],
+            output_tail=self.output_tail[-200:], timeline=self.timeline.to_records(),
         )
 
     # -- status ------------------------------------------------------------------
@@ -131,15 +180,17 @@ class OpActor:
         self.updated_at = time.time()
         if new is not R:
             self.next_retry_at = None
-        if new is not I and new is not R:
+        if new is not I:
+            # waiting, paused or ended: nothing flows, so no old rate stays on show
             self.rate_bps, self.eta_s = 0.0, None
-        self.engine._status_changed(self, old)
+            self._rate.reset()
+        self.services.status_changed(self, old)
         self.changed.set()
         self.changed = trio.Event()
 
     def save(self) -> None:
         """Have the snapshot written (batched and durable soon; see `SnapshotWriter`)."""
-        self.engine._save(self)
+        self.services.save(self)
 
     # -- the actor ---------------------------------------------------------------
 
@@ -219,7 +270,7 @@ class OpActor:
             self._set_status(F, error=failed)
         elif self.status not in (F, X, Z):
             previous, self.status, self.error = self.status, F, failed  # no table row: say so loudly
-            self.engine._status_changed(self, previous)
+            self.services.status_changed(self, previous)
         self.save()
         if self._intent is not None:
             _, request = self._intent
@@ -248,13 +299,14 @@ class OpActor:
             self._intent_done.set()
 
     def _apply(self, control: Control) -> None:
-        stats = self.engine._stats
+        stats = self.services.stats
         self._forget_breaker()
         self._backoff_deadline = None
         if control is Control.PAUSE:
             self._set_status(Z)
             self.save()
         elif control is Control.RESUME:
+            self.timeline.plan("resume")
             self._set_status(P)
             self.save()
         elif control is Control.CANCEL:
@@ -262,7 +314,7 @@ class OpActor:
                 self.kind.discard(self.spec, self.state)
             except OSError as exc:
                 log.warning("op %s: could not delete partial data: %s", self.id, exc)
-            self.engine._store_delete(self.id)
+            self.services.delete_snapshot(self.id)
             self._set_status(C)
         elif control is Control.CANCEL_RECOVERY:
             self._set_status(F, error=self.last_failure or self.error)
@@ -271,6 +323,7 @@ class OpActor:
         elif control in (Control.RETRY_NOW, Control.FORCE_RETRY):
             stats.retry_attempts += 1
             self.retries_total += 1
+            self.timeline.plan(control.value)
             if control is Control.FORCE_RETRY:
                 self._bypass_breaker = True
                 self.integrity_retry_used = False
@@ -281,7 +334,7 @@ class OpActor:
             if self.status is R:
                 self._set_status(I)
             else:
-                slot = self.engine._scheduler.try_acquire(self._host())
+                slot = self.services.scheduler.try_acquire(self._host())
                 if slot is not None:
                     self._held_slot = slot
                     self._set_status(I)
@@ -300,7 +353,7 @@ class OpActor:
 
     def _forget_breaker(self) -> None:
         if self._breaker_scope is not None:
-            self.engine._breaker.forget(self._breaker_scope, self.id)
+            self.services.breaker.forget(self._breaker_scope, self.id)
             self._breaker_scope = None
 
     def _release_resources(self) -> None:
@@ -310,19 +363,19 @@ class OpActor:
             self._held_slot = None
 
     async def _attempt_cycle(self) -> None:
-        engine = self.engine
+        services = self.services
         scope = self._host()
         # Slot first, then the breaker: an operation asks the breaker only when it
         # could really start, so reports of earlier attempts are always counted
         # before the next permit is decided.
         while True:
-            slot = self._held_slot or await engine._scheduler.acquire(scope)
+            slot = self._held_slot or await services.scheduler.acquire(scope)
             self._held_slot = None
             if scope is None:
                 break
             self._breaker_scope = scope
             try:
-                answer = await engine._breaker.permit(scope, self.id, bypass=self._bypass_breaker)
+                answer = await services.breaker.permit(scope, self.id, bypass=self._bypass_breaker)
             except BaseException:
                 slot.release()
                 raise
@@ -348,7 +401,11 @@ class OpActor:
             self._run_as = None
             if self.status is not run_as:
                 self._set_status(run_as, keep_error=run_as is R)
-            ctx = engine._make_context(self)
+            # A retry attempt is "recovering" until it makes progress (SPEC 2.1).
+            self._attempt_start_bytes = self.bytes_done if self.status is R else None
+            ctx = services.make_context(self)
+            self.timeline.begin()
+            services.history.attempt()
             try:
                 if await self.kind.attempt(ctx) is CONTINUE:
                     continued = True
@@ -363,13 +420,14 @@ class OpActor:
             if scope is not None:
                 if finished:
                     # reported before the slot frees, so the next permit sees it
-                    engine._breaker.report(scope, self.id, _breaker_outcome(outcome, ctx))
+                    services.breaker.report(scope, self.id, _breaker_outcome(outcome, ctx))
                 else:
-                    engine._breaker.forget(scope, self.id)  # cancelled: give a probe back
+                    services.breaker.forget(scope, self.id)  # cancelled: give a probe back
                 self._breaker_scope = None
             slot.release()
             if ctx is not None:
-                engine._account(ctx)
+                services.account(ctx)
+                self._record_attempt(ctx, outcome, finished, continued)
         if continued and outcome is None:
             self.save()  # the next attempt starts at once, through slot and breaker again
         elif outcome is None:
@@ -377,10 +435,19 @@ class OpActor:
         else:
             self._failed(outcome, ctx)
 
+    def _record_attempt(self, ctx: AttemptContext, outcome: AttemptFailed | None, finished: bool,
+                        continued: bool) -> None:
+        how = ("interrupted" if not finished else "failed" if outcome is not None
+               else "continue" if continued else "success")
+        connections = self.extra.get("connections", 1 if self.kind.name == "download" else None)
+        self.timeline.end(how, code=outcome.error.code if outcome is not None else None,
+                          bytes_received=ctx.bytes_received, connections=connections)
+        self.services.history.received(ctx.bytes_received)
+
     def _note_wait(self, wait_error: ErrorInfo) -> None:
         self.error = wait_error
         self.updated_at = time.time()
-        self.engine._publish_status(self, self.status)
+        self.services.publish_status(self, self.status)
 
     def _succeeded(self) -> None:
         recovery_s: float | None = None
@@ -388,7 +455,9 @@ class OpActor:
             recovery_s = trio.current_time() - self._first_failure_clock
         elif self.retries_total and self.first_failure_at is not None:
             recovery_s = time.time() - self.first_failure_at  # the failure was before a restart
-        self.engine._stats.succeeded(recovery_s)
+        self.services.stats.succeeded(recovery_s)
+        if recovery_s is not None:
+            self.services.history.recovery(recovery_s)
         self.rate_bps, self.eta_s = 0.0, None
         self._set_status(S)
         self.save()
@@ -396,11 +465,12 @@ class OpActor:
                  f" after {self.retries_total} retries (recovered)" if self.retries_total else "")
 
     def _failed(self, outcome: AttemptFailed, ctx: AttemptContext | None) -> None:
-        engine = self.engine
-        settings = engine.settings
+        services = self.services
+        settings = services.settings
         err = outcome.error
         self.last_failure = err
-        engine._stats.error(err.code)
+        services.stats.error(err.code)
+        services.history.failure(err.code, self._host())
         if self.first_failure_at is None:
             self.first_failure_at = time.time()
             self._first_failure_clock = trio.current_time()
@@ -417,7 +487,7 @@ class OpActor:
         )
         decision = policy.decide(self.retries, retryable=retryable, floor_s=outcome.retry_after_s)
         if isinstance(decision, GiveUp):
-            engine._stats.failed_operations += 1
+            services.stats.failed_operations += 1
             final = X if decision.exhausted else F
             self._set_status(final, error=err)
             self.save()
@@ -426,19 +496,20 @@ class OpActor:
             return
         self.retries = decision.retry
         self.retries_total += 1
-        engine._stats.retry_attempts += 1
+        services.stats.retry_attempts += 1
         self._backoff_deadline = trio.current_time() + decision.delay_s
+        self.timeline.plan("automatic", decision.delay_s)
         next_retry_at = time.time() + decision.delay_s
         self.next_retry_at = next_retry_at
         if self.status is R:
             self.error = err
             self.updated_at = time.time()
-            engine._publish_status(self, R)
+            services.publish_status(self, R)
         else:
             self._set_status(R, error=err)
         self.next_retry_at = next_retry_at
         self.save()
-        engine._events.publish(
+        services.events.publish(
             "retry_scheduled", self.id, attempt=decision.retry, max_retries=settings.max_retries,
             delay_s=round(decision.delay_s, 3), next_retry_at=self.next_retry_at, error=err.to_dict(),
         )
@@ -449,25 +520,28 @@ class OpActor:
 
     def on_progress(self, bytes_done: int, bytes_total: int | None, extra: dict[str, Any]) -> None:
         now = trio.current_time()
+        start = self._attempt_start_bytes
         self.bytes_done, self.bytes_total = bytes_done, bytes_total
         if extra:
             self.extra.update(extra)
-        sample = self._rate_sample
-        if sample is None or bytes_done < sample[1]:
-            self._rate_sample = (now, bytes_done)
-        elif now - sample[0] >= 0.5:
-            instant = (bytes_done - sample[1]) / (now - sample[0])
-            self.rate_bps = instant if not self.rate_bps else 0.7 * self.rate_bps + 0.3 * instant
-            self._rate_sample = (now, bytes_done)
-        if bytes_total is not None and self.rate_bps > 0:
-            self.eta_s = round(max(0, bytes_total - bytes_done) / self.rate_bps, 1)
+        if self.status is R and start is not None and (
+                bytes_done > start or ("step" in extra and self.kind.name != "download")):
+            # The retry is flowing again: in_progress, the attempt counter kept,
+            # the failure it recovered from readable as last_error (SPEC 2.1).
+            self._attempt_start_bytes = None
+            self._set_status(I)
+            log.info("op %s: recovering -> in_progress: attempt %d/%d is making progress",
+                     self.id, self.retries, self.services.settings.max_retries)
+        self._rate.add(now, bytes_done)
+        self.rate_bps = self._rate.rate(now)
+        self.eta_s = eta_s(self.rate_bps, bytes_done, bytes_total)
         # A project's move to another step is always published (not throttled
         # away), so a display never shows a finished step as the running one.
         step = (self.extra.get("step"), self.extra.get("steps_done"))
         if now - self._last_progress_emit >= _PROGRESS_INTERVAL_S or step != self._emitted_step:
             self._last_progress_emit = now
             self._emitted_step = step
-            self.engine._events.publish(
+            self.services.events.publish(
                 "progress", self.id, bytes_done=bytes_done, bytes_total=bytes_total,
                 rate_bps=round(self.rate_bps, 1), eta_s=self.eta_s, **self.extra,
             )

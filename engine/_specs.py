@@ -9,25 +9,29 @@ kind's ``validate``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import attrs
 
-__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "redact_headers"]
+__all__ = ["DownloadSpec", "InstallSpec", "ProjectSpec", "StepSpec", "is_credential_header", "redact_headers",
+           "register_workflow_reader"]
 
-# Header names whose values are credentials: never logged, shown or evented.
+# Header names whose values are credentials: never logged, shown or evented,
+# and dropped on a redirect to another host. This is the one list.
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key",
                                "x-auth-token", "api-key", "token", "x-hf-token"})
+_SENSITIVE_WORDS = ("token", "secret", "auth", "key", "cookie", "session", "password", "credential")
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``headers`` safe to show: credential values replaced by ``***``."""
-    return {k: ("***" if _is_sensitive(k) else v) for k, v in headers.items()}
+    return {k: ("***" if is_credential_header(k) else v) for k, v in headers.items()}
 
 
-def _is_sensitive(name: str) -> bool:
+def is_credential_header(name: str) -> bool:
+    """Whether a header of this name carries a credential (see `SENSITIVE_HEADERS`)."""
     low = name.lower()
-    return low in SENSITIVE_HEADERS or "token" in low or "secret" in low or "auth" in low
+    return low in SENSITIVE_HEADERS or any(word in low for word in _SENSITIVE_WORDS)
 
 
 @attrs.frozen(kw_only=True)
@@ -38,6 +42,8 @@ class DownloadSpec:
     dest: str | None = None
     sha256: str | None = None
     headers: dict[str, str] = attrs.field(factory=dict)
+    #: Replace a file already at ``dest`` that this engine did not write (SPEC 6.1).
+    overwrite: bool = False
 
     kind = "download"
 
@@ -57,6 +63,15 @@ class InstallSpec:
 
 StepSpec = Union[DownloadSpec, InstallSpec]
 
+#: Workflow readers by format, registered by the package that implements them
+#: (`engine._projects` registers ``comfyui``), so the records here import none.
+_WORKFLOW_READERS: dict[str, Callable[[str | Path, str | Path], "ProjectSpec"]] = {}
+
+
+def register_workflow_reader(fmt: str, reader: Callable[[str | Path, str | Path], "ProjectSpec"]) -> None:
+    """Make ``ProjectSpec.from_<fmt>_workflow`` use ``reader``."""
+    _WORKFLOW_READERS[fmt] = reader
+
 
 @attrs.frozen(kw_only=True)
 class ProjectSpec:
@@ -70,9 +85,11 @@ class ProjectSpec:
     @classmethod
     def from_comfyui_workflow(cls, path: str | Path, comfyui_dir: str | Path) -> "ProjectSpec":
         """The project that fetches the models a ComfyUI workflow needs (SPEC 7.1)."""
-        from ._projects._comfyui import project_from_workflow
-
-        return project_from_workflow(path, comfyui_dir)
+        try:
+            reader = _WORKFLOW_READERS["comfyui"]
+        except KeyError:
+            raise RuntimeError("no ComfyUI workflow reader: import ProjectSpec from engine") from None
+        return reader(path, comfyui_dir)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "steps": len(self.steps)}

@@ -11,6 +11,7 @@ Platform calls (fsync, directory sync, the lock) go through ``engine._platform``
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class OpSnapshot:
     updated_at: float = 0.0
     first_failure_at: float | None = None
     output_tail: list[str] = attrs.Factory(list)
+    timeline: list[dict[str, Any]] = attrs.Factory(list)  # absent in older snapshots
 
 
 @attrs.frozen
@@ -96,6 +98,24 @@ def atomic_write(path: Path, data: bytes, *, dir_fd: int | None = None, mode: in
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never half."""
     os.replace(write_temp(path, data, mode=mode), path)
     fsync_dir_fd(dir_fd, path.parent)
+
+
+def remove_leftover_temps(root: Path) -> None:
+    """Delete ``.<name>.<hex>.tmp`` files a crash left anywhere in the state directory.
+
+    They are only ever written by `write_temp` and renamed at once; while the
+    directory lock is held nobody else writes them. Links are not followed.
+    """
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            if _TEMP_NAME.fullmatch(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 def _ensure_private_dir(path: Path) -> None:
@@ -141,6 +161,7 @@ class SnapshotStore:
             ) from exc
         self._lock = lock
         self._ops_fd = _platform.open_dir(self.ops_dir)
+        remove_leftover_temps(self.root)
 
     def close(self) -> None:
         _platform.close_dir(self._ops_fd)

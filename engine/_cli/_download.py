@@ -29,6 +29,8 @@ def add_parsers(sub: Any) -> None:
                    help="expected sha256 (once per URL, in order)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                    help="request header, e.g. an Authorization token (never logged or shown)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a file already at the destination (by default it is never replaced)")
     p.add_argument("--max-retries", type=int)
     p.add_argument("--initial-delay", type=float)
     p.add_argument("--backoff-factor", type=float)
@@ -62,7 +64,8 @@ def _download(args: argparse.Namespace) -> int:
             headers[name.strip()] = value.strip()
         out_dir = args.output_dir.expanduser().resolve()
         shas = args.sha256 or [None] * len(args.urls)
-        return [DownloadSpec(url=url, dest=str(out_dir) + os.sep, sha256=sha, headers=headers)
+        return [DownloadSpec(url=url, dest=str(out_dir) + os.sep, sha256=sha, headers=headers,
+                             overwrite=args.overwrite)
                 for url, sha in zip(args.urls, shas)]
 
     return run_cli(make_specs, args)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 __all__ = ["build_parser", "main"]
 
-_COMMAND_MODULES = ("_download", "_project", "_serve", "_client")
+_COMMAND_MODULES = ("_download", "_project", "_serve", "_client", "_report")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -19,12 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import attrs
+
 from .._engine import Engine
 from .._errors import RefusedError
 from .._model import Operation, Status
 from .._projects._file import load_project
 from ._runner import add_common_options, run_cli
-from .._specs import ProjectSpec
+from .._specs import DownloadSpec, ProjectSpec
 
 __all__ = ["add_parsers", "recorded_project", "run_project", "take_over_project"]
 
@@ -86,6 +88,12 @@ def recorded_project(eng: Engine, spec: ProjectSpec) -> Operation | None:
     return found[-1] if found else None
 
 
+def _refetching(spec: ProjectSpec) -> ProjectSpec:
+    """``--restart`` asks for every step again: its downloads may replace the files the last run wrote."""
+    steps = [attrs.evolve(s, overwrite=True) if isinstance(s, DownloadSpec) else s for s in spec.steps]
+    return attrs.evolve(spec, steps=steps)
+
+
 async def take_over_project(eng: Engine, spec: ProjectSpec, *, on_change: OnChange = "refuse",
                             restart: bool = False) -> list[Any]:
     """What to run for ``spec``: the spec itself, or the recorded operation to continue or show."""
@@ -101,12 +109,12 @@ async def take_over_project(eng: Engine, spec: ProjectSpec, *, on_change: OnChan
             _say(f"project {checked.name!r} is already complete ({steps}); nothing to do "
                  f"(--restart runs it again)")
             return [recorded]
-        return [spec]
+        return [_refetching(spec) if restart else spec]
     if restart:
         _say(f"project {checked.name!r}: forgetting the recorded run ({steps}) "
              "and starting again from the first step")
         await eng.cancel(recorded.id)
-        return [spec]
+        return [_refetching(spec)]
     if same:
         return [recorded]
     if on_change == "take_over":

@@ -46,7 +46,6 @@ same directory, unless a file of that name already exists, and
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -62,7 +61,17 @@ import trio
 from .. import _platform
 from .._units import human_bytes
 from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
-from ._part import PartFile, Writer, free_bytes, replace_durably
+from ._part import PartFile, Writer, free_bytes
+from ._redirects import send_following_redirects
+from ._safefile import (
+    complete_at_once,
+    file_identity,
+    open_part_fd,
+    publish,
+    recorded_part_ready,
+    remove_if_empty,
+    still_complete,
+)
 from .._kinds import AttemptContext
 from ._names import (
     FALLBACK_NAME,
@@ -72,6 +81,7 @@ from ._names import (
     redact_url,
     resolve_dest,
     safe_basename,
+    scrub_secrets,
     url_scope,
     validate_headers,
     validate_sha256,
@@ -80,6 +90,8 @@ from ._names import (
 from .._settings import Settings
 from .._specs import DownloadSpec, redact_headers
 from ._wire import HashWorker, ReadBatcher, widen_reads
+from ._credentials import CredentialStore
+from ._hubs import HubEnv, host_auth, hub_failure, hub_url, web_page_failure
 
 __all__ = [
     "FALLBACK_NAME",
@@ -158,6 +170,8 @@ class DownloadKind:
     spec_type: type = attrs.field(default=DownloadSpec, init=False)
     _write: Writer = os.write
     _statvfs: Callable[[str], _platform.FsStats] = _platform.statvfs
+    #: ``<state_dir>/credentials.toml`` (SPEC 6.3); None: no per-host credentials.
+    credentials: CredentialStore | None = None
 
     def validate(self, spec: Any, settings: Settings) -> DownloadSpec:
         """Check the spec and return it with an absolute ``dest`` (see the module docstring)."""
@@ -174,18 +188,28 @@ class DownloadKind:
         """The destination; case-folded where its folder's file system ignores case."""
         return _platform.resource_path(spec.dest) if spec.dest is not None else None
 
+    def still_complete(self, done: DownloadSpec, state: dict[str, Any], spec: DownloadSpec) -> bool:
+        """Whether a recorded success of ``done`` answers ``spec``: same URL, file intact (SPEC 6.1)."""
+        return still_complete(done, state, spec)
+
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
         """The URL's host, lowercase, with the port when it is not the scheme's default."""
         return url_scope(spec.url)
 
     def describe(self, spec: DownloadSpec) -> dict[str, Any]:
         """The spec as shown in events and the API: no credentials."""
-        return {
+        described = {
             "url": redact_url(spec.url),
             "dest": spec.dest,
             "sha256": spec.sha256,
             "headers": redact_headers(spec.headers or {}),
+            "overwrite": spec.overwrite,
         }
+        fetched, note = hub_url(spec.url)
+        if note:  # SPEC 6.3: the plan and the events say what is really fetched
+            described["fetched_as"] = redact_url(fetched)
+            described["note"] = note
+        return described
 
     def discard(self, spec: DownloadSpec, state: dict[str, Any]) -> None:
         """Delete the ``.part`` file; a finished destination is never touched."""
@@ -198,30 +222,53 @@ class DownloadKind:
             log.warning("could not delete partial file %s: %s", part, exc)
 
     async def attempt(self, ctx: AttemptContext) -> None:
-        """Run one attempt: return when ``dest`` is complete and verified, else raise."""
+        """Run one attempt: return when ``dest`` is complete and verified, else raise.
+
+        Any failure's message is scrubbed of the spec's header values and URL
+        userinfo, whatever library raised it (SPEC 6.1).
+        """
+        try:
+            await self._attempt(ctx)
+        except AttemptFailed as exc:
+            exc.error = scrub_secrets(exc.error, ctx.spec)
+            raise
+        except Exception as exc:
+            classified = classify_exception(exc)
+            cleaned = scrub_secrets(classified.error, ctx.spec)
+            if cleaned != classified.error:  # the raw exception carries a credential: never pass it on
+                raise AttemptFailed(cleaned, retry_after_s=classified.retry_after_s) from None
+            raise
+
+    async def _attempt(self, ctx: AttemptContext) -> None:
         spec: DownloadSpec = ctx.spec
         dest, part = download_paths(spec)
-        if _finish_recorded_completion(dest, part, ctx.state):
+        if _finish_recorded_completion(dest, part, ctx.state, spec.overwrite):
             await trio.lowlevel.checkpoint()
+            return
+        done = await complete_at_once(dest, spec.sha256, overwrite=spec.overwrite)
+        if done is not None:  # the file is there already and matches its sha256
+            ctx.state.clear()
+            ctx.state.update(offset=done[0], total=done[0], complete=True, file=list(done))
+            ctx.progress(done[0], done[0])
             return
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            part_file = PartFile.open(part, _recorded_offset(ctx.state), write=self._write)
+            fd = open_part_fd(part)
         except OSError as exc:
             raise classify_exception(exc) from exc
-        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs)
+        try:
+            part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write)
+        except OSError as exc:
+            raise classify_exception(exc) from exc
+        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs, self.credentials)
         try:
             await transfer.run()
-        except AttemptFailed as exc:
-            # The server refused the request (404, 401/403, a bad URL, TLS): leave no
-            # empty .part behind. Anything with data in it is kept for the resume,
-            # and so is the .part of a disk or permission failure, which the user fixes.
-            if (exc.error.code in _REFUSED_BY_SERVER and part_file.size == 0
-                    and not ctx.state.get("complete")):
-                transfer.close()
-                with contextlib.suppress(OSError):
-                    if part.stat().st_size == 0:
-                        part.unlink()
+        except BaseException:
+            # A request that never produced a byte (a 4xx, a refused redirect, a
+            # full disk) leaves no empty .part behind; anything with data in it is
+            # kept for the resume.
+            if part_file.size == 0 and not part_file.closed and not ctx.state.get("complete"):
+                remove_if_empty(part_file.fd, part)
             raise
         finally:
             transfer.close()
@@ -232,17 +279,19 @@ def _recorded_offset(state: dict[str, Any]) -> int:
     return offset if isinstance(offset, int) and offset > 0 else 0
 
 
-def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -> bool:
+def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any], overwrite: bool) -> bool:
     """Finish a download that crashed between its last checkpoint and its rename."""
     if not state.get("complete"):
         return False
     target = Path(state.get("final_dest") or dest)
     size = state.get("offset")
     try:
-        if part.is_file() and part.stat().st_size == size:
-            replace_durably(part, target)
+        if recorded_part_ready(part, size):
+            publish(part, target, overwrite=overwrite)
+            state["file"] = file_identity(target)
             return True
-        if not part.exists() and target.is_file() and target.stat().st_size == size:
+        if not os.path.lexists(part) and target.is_file() and target.stat().st_size == size:
+            state["file"] = file_identity(target)
             return True
     except OSError as exc:
         raise classify_exception(exc) from exc
@@ -251,7 +300,6 @@ def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any]) -
 
 
 _Outcome = Literal["done", "more", "restart"]
-_REFUSED_BY_SERVER = frozenset({"E_HTTP_CLIENT", "E_AUTH", "E_INVALID_INPUT", "E_TLS"})
 _VALIDATORS = ("etag", "last_modified", "total", "cd_name")
 
 
@@ -264,10 +312,14 @@ class _Transfer:
     dest: Path
     part: PartFile
     statvfs: Callable[[str], _platform.FsStats]
+    credentials: CredentialStore | None = None
     hasher: HashWorker | None = None
     hashed: int = 0
     total: int | None = None
     _batcher: Any = None
+    _env: HubEnv = attrs.Factory(HubEnv)
+    _url: str = ""
+    _sent_token: bool = False
 
     @property
     def state(self) -> dict[str, Any]:
@@ -318,13 +370,23 @@ class _Transfer:
             await self._rehash(offset)
         timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_timeout_s,
                                 write=settings.stall_timeout_s, pool=None)
-        request = ctx.http.build_request("GET", self.spec.url, headers=self._headers(offset),
-                                         timeout=timeout)
+        # Every attempt starts from the original URL, with the hub rules of SPEC 6.3.
+        env = HubEnv.current()
+        url, note = hub_url(self.spec.url, env)
+        if note:
+            log.info("op %s: %s: %s", ctx.op_id, note, redact_url(url))
+        auth = host_auth(url, env, self.credentials)
+        self._sent_token = bool(auth.headers) or any(k.lower() == "authorization" for k in self.spec.headers)
+        self._env, self._url = env, url
+        request = ctx.http.build_request("GET", url, headers=self._headers(offset), timeout=timeout)
+        # The host's own credentials go on the first request only; a redirect to
+        # another host drops every credential header (send_following_redirects).
+        request.headers.update(auth.headers)
         response: httpx.Response | None = None
         wait_s = settings.connect_timeout_s + settings.stall_timeout_s
         try:
             with trio.move_on_after(wait_s):
-                response = await ctx.http.send(request, stream=True, follow_redirects=True)
+                response = await send_following_redirects(ctx.http, request)
         except httpx.HTTPError as exc:
             raise classify_exception(exc) from exc
         if response is None:
@@ -360,8 +422,14 @@ class _Transfer:
                    else f"the server cannot resume at byte {offset}")
             await self._restart(why)
             return "restart"
+        refused = hub_failure(self._url, response, self._env, sent_token=self._sent_token)
+        if refused is not None:
+            raise refused
         if status not in (200, 206):
             raise classify_status(status, headers)
+        page = web_page_failure(self.dest.name, response)
+        if page is not None:
+            raise page  # before a byte is written (and before a partial file is discarded)
 
         if status == 206:
             content_range = _content_range(headers.get("content-range"))
@@ -546,8 +614,9 @@ class _Transfer:
             if target != self.dest:
                 self.state["final_dest"] = str(target)
             await self.ctx.checkpoint()
+            publish(self.part.path, target, overwrite=self.spec.overwrite)  # still locked
             self.part.close()
-            replace_durably(self.part.path, target)
+            self.state["file"] = file_identity(target)
         except OSError as exc:
             raise classify_exception(exc) from exc
         self.ctx.progress(size, size)

@@ -17,9 +17,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 
-from .._errors import RefusedError
+from .._errors import ErrorInfo, RefusedError
 
 __all__ = [
     "FALLBACK_NAME",
@@ -29,10 +30,12 @@ __all__ = [
     "redact_url",
     "resolve_dest",
     "safe_basename",
+    "scrub_secrets",
     "url_scope",
     "validate_headers",
     "validate_sha256",
     "validate_url",
+    "windows_name_problem",
 ]
 
 #: The file name used when neither the URL nor the user gives one.
@@ -51,7 +54,36 @@ _SECRET_QUERY_KEYS = frozenset({
 _SECRET_QUERY_WORDS = ("token", "secret", "signature", "password", "credential")
 _SECRET_QUERY_PREFIXES = ("x-amz-", "x-goog-")
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# Device names Windows reserves in every folder, whatever the extension (``NUL.safetensors``).
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
+                              *(f"com{c}" for c in "123456789\u00b9\u00b2\u00b3"),
+                              *(f"lpt{c}" for c in "123456789\u00b9\u00b2\u00b3")})
+
+
+def _device_name(name: str) -> bool:
+    return name.split(".", 1)[0].rstrip(" .").lower() in _WINDOWS_DEVICES
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why Windows would refuse (or misread) ``name`` as a file or folder name, or None.
+
+    Reserved device names with any extension, ``<>:"|?*``, control
+    characters, and a trailing dot or space.
+    """
+    if _device_name(name):
+        return f"{name!r} is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    if (bad := _WINDOWS_RESERVED.search(name)) is not None:
+        return f"{name!r} contains {bad[0]!r}, which Windows does not allow in names"
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        return f"{name!r} contains a control character"
+    if name.endswith((".", " ")):
+        return f"{name!r} ends in a dot or a space, which Windows drops"
+    return None
 
 
 def safe_basename(name: str) -> str | None:
@@ -67,6 +99,8 @@ def safe_basename(name: str) -> str | None:
     name = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
     name = _WINDOWS_RESERVED.sub("_", name)
     name = name.strip().lstrip(".").strip().rstrip(". ")
+    if name and _device_name(name):
+        name = "_" + name  # "_NUL.safetensors" is an ordinary file everywhere
     if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
         stem, dot, suffix = name.rpartition(".")
         if not dot or len(suffix.encode("utf-8")) > 20:
@@ -78,9 +112,16 @@ def safe_basename(name: str) -> str | None:
 
 
 def name_from_url(url: str) -> str | None:
-    """The safe base name of the URL path's last segment, or None."""
+    """The safe base name of the URL path's last segment, or None.
+
+    A civitai-style ``/api/download/models/<number>`` has no name in its URL
+    (the number is a version id): None, so Content-Disposition names the file.
+    """
     path = urllib.parse.urlsplit(url).path
-    return safe_basename(urllib.parse.unquote(path.rsplit("/", 1)[-1]))
+    last = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+    if last.isdigit() and "/api/download/" in path:
+        return None
+    return safe_basename(last)
 
 
 def name_from_content_disposition(value: str | None) -> str | None:
@@ -158,18 +199,58 @@ def validate_sha256(sha: Any) -> str | None:
 
 
 def validate_headers(headers: Any) -> dict[str, str]:
+    """Check header names and values before any request (SPEC 6.1); return them cleaned.
+
+    Spaces and tabs around a value are not part of it in HTTP and are dropped
+    (a paste accident); any other control character, or a character outside
+    printable ASCII, refuses the header by name. A value is never echoed: it
+    may be a credential.
+    """
     if headers is None:
         return {}
     if not isinstance(headers, dict):
         raise _refuse("headers", "headers must be a mapping of names to values")
+    cleaned: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise _refuse("headers", "header names and values must be strings")
-        if not name or any(ch in name for ch in ":\r\n") or any(ch in value for ch in "\r\n\x00"):
-            raise _refuse("headers", f"header {name!r} has an invalid name or value")
+        if not _HEADER_NAME.fullmatch(name):
+            shown = name if name.isprintable() and len(name) <= 64 else "(unprintable)"
+            raise _refuse("headers", f"the header name {shown!r} is not a valid HTTP header name")
+        value = value.strip(" \t")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise _refuse("headers", f"the value of the {name} header contains a control character or a "
+                                     "character outside printable ASCII (its value is not shown)")
         if name.lower() in _MANAGED_HEADERS:
             raise _refuse("headers", f"the {name} header is managed by the download itself")
-    return dict(headers)
+        cleaned[name] = value
+    return cleaned
+
+
+def scrub_secrets(info: ErrorInfo, spec: Any) -> ErrorInfo:
+    """``info`` with every header value and URL userinfo of ``spec`` masked in its message.
+
+    The message of a library exception may quote what it refused; this is
+    the last guard before a message reaches events, logs or the API.
+    """
+    secrets: list[str] = []
+    for value in (getattr(spec, "headers", None) or {}).values():
+        value = value.strip()
+        secrets.append(value)
+        secrets.extend(part for part in value.split() if len(part) >= 4)
+    for url in [getattr(spec, "url", None) or "", *(getattr(spec, "mirrors", None) or [])]:
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:
+            continue
+        for raw in (parts.username, parts.password):
+            if raw:
+                secrets += [raw, urllib.parse.unquote(raw)]
+    message = info.message
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        for form in {secret, repr(secret)[1:-1], secret.encode("unicode_escape").decode("ascii")}:
+            message = message.replace(form, "***")
+    return info if message == info.message else attrs.evolve(info, message=message)
 
 
 def resolve_dest(dest: Any, url: str, root: Path) -> Path:

@@ -64,14 +64,14 @@ class PartFile:
     _bg: "_BackgroundSync | None" = None
 
     @classmethod
-    def open(cls, path: Path, keep: int, *, write: Writer = os.write) -> PartFile:
-        """Open (creating) ``path`` and cut it back to at most ``keep`` bytes.
+    def adopt(cls, path: Path, fd: int, keep: int, *, write: Writer = os.write) -> PartFile:
+        """Take over ``fd`` (``path`` opened for writing) and cut it back to at most ``keep`` bytes.
 
         A crash may have left bytes past the last recorded offset; they were
         never recorded as durable, so they are dropped. A file shorter than
-        ``keep`` (lost or truncated behind our back) keeps what it has.
+        ``keep`` (lost or truncated behind our back) keeps what it has. The
+        caller opened it safely (``_safefile.open_part_fd``: no links, locked).
         """
-        fd = os.open(_platform.long_path(path), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             size = os.fstat(fd).st_size
             if size > keep:
@@ -82,6 +82,11 @@ class PartFile:
             os.close(fd)
             raise
         return cls(path, fd, write, size, size)
+
+    @property
+    def fd(self) -> int:
+        """The open descriptor (for checks on the file itself, never for writing around `write_all`)."""
+        return self._require_fd()
 
     @property
     def closed(self) -> bool:

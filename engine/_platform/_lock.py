@@ -31,7 +31,7 @@ from ._durable import pread, pwrite
 from ._process import pid_alive
 from ._select import forced, optional_module
 
-__all__ = ["LockHeld", "StateLock", "acquire", "lock_kind"]
+__all__ = ["LockHeld", "StateLock", "acquire", "lock_kind", "lock_open_file"]
 
 _fcntl = optional_module("fcntl")
 _msvcrt = optional_module("msvcrt")
@@ -140,3 +140,27 @@ def _acquire_portable(path: str) -> StateLock:
         return StateLock("portable", path, fd)
     raise LockHeld("unknown")
 
+
+
+def lock_open_file(fd: int) -> bool:
+    """Lock an open file (a ``.part``) against other processes without waiting.
+
+    True when locked (or where the system has no such lock: then nothing is
+    enforced), False when another process holds it. Released with the descriptor.
+    """
+    if _fcntl is not None and hasattr(_fcntl, "flock"):
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    if _msvcrt is not None:
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
+            _msvcrt.locking(fd, _msvcrt.LK_NBLCK, 1)
+        except PermissionError:
+            return False
+        finally:
+            os.lseek(fd, here, os.SEEK_SET)
+    return True

@@ -7,3 +7,13 @@ project files in TOML (`_file`) and the import of a ComfyUI workflow's models
 May import: the core of ``engine`` and `engine._download` (names and
 destinations). Never the command line, the control channel or `engine.testing`.
 """
+
+from .._specs import ProjectSpec as ProjectSpec
+from .._specs import register_workflow_reader
+from ._comfyui import project_from_workflow
+
+# ``ProjectSpec.from_comfyui_workflow`` reads workflows with this package's reader;
+# the arrow runs from here to the spec records, never back.
+register_workflow_reader("comfyui", project_from_workflow)
+
+__all__ = ["ProjectSpec"]

@@ -48,7 +48,7 @@ from typing import Any
 
 import attrs
 
-from .._download._names import redact_url, validate_url
+from .._download._names import redact_url, validate_url, windows_name_problem
 from .._errors import RefusedError
 from .._specs import DownloadSpec, ProjectSpec
 
@@ -205,6 +205,8 @@ def load_workflow(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad_workflow(f"the workflow {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _bad_workflow(f"the workflow {path} is nested too deeply to read") from None
     _check_shape(data, str(path))
     return data
 
@@ -311,6 +313,8 @@ def _check_component(part: str, what: str) -> None:
             raise _Unsafe(f"{what} contains a control character {ch!r}")
     if part.strip(". ") == "" or part.endswith((".", " ")) or part != part.strip():
         raise _Unsafe(f"{what} has a component ending in a dot or with surrounding spaces: {part!r}")
+    if (problem := windows_name_problem(part)) is not None:
+        raise _Unsafe(f"{what}: {problem}")
     if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
         raise _Unsafe(f"{what} has a component longer than {_MAX_COMPONENT_BYTES} bytes")
 

@@ -25,6 +25,7 @@ from .._engine import Engine
 from .._errors import RefusedError
 from ._intake import spec_from_json
 from ._metrics import CONTENT_TYPE, render_metrics
+from ._report import help_routes
 from ._security import cookie_name, error_body, token_matches
 from ._ws import dumps, events_endpoint
 
@@ -49,6 +50,8 @@ HTTP_STATUS = {
     "E_NOT_RETRYABLE": 409,
     "E_INVALID_INPUT": 422,
     "E_FORBIDDEN": 403,
+    "E_EXISTS": 409,
+    "E_IN_USE": 409,
 }
 
 _COOKIE_MAX_AGE_S = 30 * 24 * 3600
@@ -99,6 +102,8 @@ async def _body_json(request: Request) -> Any:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _BadJSON(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise _BadJSON("the JSON body is nested too deeply to read") from None
 
 
 class _BadJSON(Exception):
@@ -197,6 +202,11 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
         changes = await _body_json(request)
         if not isinstance(changes, dict):
             raise RefusedError("E_INVALID_INPUT", "the body must be a JSON object of setting names and values")
+        if "download_root" in changes and changes["download_root"] not in (
+                engine.settings.download_root, str(engine.settings.download_root_path)):
+            raise RefusedError("E_FORBIDDEN", "download_root cannot be changed over the control channel; "
+                               "set it where the server starts (--set download_root=... or settings.json)",
+                               field="download_root")
         settings = await engine.update_settings(**changes)
         return _json(settings.to_dict())
 
@@ -208,7 +218,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
     @handled
     async def metrics(request: Request) -> Response:
         states: Sequence[BreakerState] = await engine.breakers()
-        text = render_metrics(engine.statistics(), engine.list(), states)
+        text = render_metrics(engine.statistics(), engine.list(), states, engine.failure_totals())
         return Response(text, media_type=CONTENT_TYPE, headers=_SECURITY_HEADERS)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -231,6 +241,7 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
         Route("/api/operations/{op_id}", get_operation, methods=["GET"]),
         Route("/api/operations/{op_id}", forget, methods=["DELETE"]),
         Route("/api/operations/{op_id}/{action}", control, methods=["POST"]),
+        *help_routes(engine),
         Route("/api/recovery/performance", performance, methods=["GET"]),
         Route("/api/settings", get_settings, methods=["GET"]),
         Route("/api/settings", put_settings, methods=["PUT"]),

@@ -10,6 +10,7 @@ accepted; it becomes the project of the models that are missing.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -87,8 +88,30 @@ def _download(engine: Engine, body: dict[str, Any], prefix: str = "") -> Downloa
     for name in ("dest", "sha256"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise _invalid(f"{name} must be a string", f"{prefix}{name}")
-    spec = DownloadSpec(url=url, dest=body.get("dest"), sha256=body.get("sha256"), headers=dict(headers or {}))
-    return _check_download_dest(engine, spec, prefix)
+        if isinstance(body.get(name), str) and "\x00" in body[name]:
+            raise _invalid(f"{name} contains a NUL byte", f"{prefix}{name}")
+    overwrite = body.get("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise _invalid("overwrite must be true or false", f"{prefix}overwrite")
+    spec = DownloadSpec(url=url, dest=body.get("dest"), sha256=body.get("sha256"), headers=dict(headers or {}),
+                        overwrite=overwrite)
+    validated = _check_download_dest(engine, spec, prefix)
+    _check_existing(engine, validated, prefix)
+    return validated
+
+
+def _check_existing(engine: Engine, spec: DownloadSpec, prefix: str) -> None:
+    """409 ``E_EXISTS`` for a file at the destination that the request may not replace (SPEC 14).
+
+    With a sha256 the operation decides (a matching file completes at once);
+    a success this engine recorded and whose file is intact answers the request.
+    """
+    if spec.overwrite or spec.sha256 or spec.dest is None or not os.path.lexists(spec.dest):
+        return
+    if engine.find(spec.dest) is not None:
+        return  # an operation of this engine owns it: submit answers (complete at once, or its own check)
+    raise RefusedError("E_EXISTS", f"{spec.dest} already exists; it is replaced only when the request says "
+                                   "\"overwrite\": true", field=f"{prefix}dest")
 
 
 def _install(body: dict[str, Any], prefix: str = "") -> InstallSpec:
@@ -158,6 +181,8 @@ def _import(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
         raise _invalid("workflow must be the workflow's JSON object", "workflow")
     if not isinstance(folder, str) or not folder:
         raise _invalid("comfyui must be the ComfyUI folder (inside the download root)", "comfyui")
+    if "\x00" in folder:
+        raise _invalid("comfyui contains a NUL byte", "comfyui")
     root = engine.settings.download_root_path
     comfyui = Path(folder) if Path(folder).is_absolute() else root / folder
     if not dest_within_root(comfyui, root):
@@ -166,6 +191,11 @@ def _import(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
     if plan.refused:
         reasons = "; ".join(f"{e.node}: {e.reason}" for e in plan.refused)
         raise _invalid(f"the workflow asks for models that cannot be imported safely: {reasons}", "workflow")
+    outside = [e for e in plan.downloads if not dest_within_root(e.dest, root)]
+    if outside:  # a link inside the folder that leads elsewhere (SPEC 7.1, 14)
+        names = "; ".join(f"{e.node}: {e.directory}/{e.name}" for e in outside)
+        raise _invalid(f"these models would be written outside the download root {root} "
+                       f"(a link leads out of it): {names}", "workflow")
     if not plan.downloads:
         raise RefusedError("E_INVALID_STATE", "every model this workflow needs is already present", field="workflow")
     # Stable for the same workflow content and folder, so a second POST finds the live project.

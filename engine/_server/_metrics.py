@@ -8,7 +8,7 @@ is counted twice or kept in a second place that could drift.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -26,7 +26,8 @@ _BREAKER_STATES = ("closed", "open", "half_open")
 
 class _EngineCollector(Collector):
     def __init__(self, stats: Statistics, operations: Sequence[Operation],
-                 breakers: Sequence[BreakerState]) -> None:
+                 breakers: Sequence[BreakerState], failures: Mapping[tuple[str, str], int]) -> None:
+        self._failures = failures
         self._stats = stats
         self._operations = operations
         self._breakers = breakers
@@ -51,6 +52,11 @@ class _EngineCollector(Collector):
         for code, count in sorted(s.errors_by_code.items()):
             errors.add_metric([code], count)
         yield errors
+        by_host = CounterMetricFamily("recovery_failures", "Failed attempts by error code and host (SPEC 10.1)",
+                                      labels=["code", "host"])
+        for (code, host), count in sorted(self._failures.items()):
+            by_host.add_metric([code, host], count)
+        yield by_host
         yield GaugeMetricFamily("recovery_active_operations", "Operations pending, in progress or recovering",
                                 value=s.active_operations)
         yield GaugeMetricFamily("recovery_average_recovery_time_seconds",
@@ -75,8 +81,9 @@ class _EngineCollector(Collector):
 
 
 def render_metrics(stats: Statistics, operations: Sequence[Operation],
-                   breakers: Sequence[BreakerState]) -> bytes:
-    """The exposition text for one scrape."""
+                   breakers: Sequence[BreakerState],
+                   failures: Mapping[tuple[str, str], int] | None = None) -> bytes:
+    """The exposition text for one scrape (``failures``: all-time counts by (code, host))."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_EngineCollector(stats, operations, breakers))
+    registry.register(_EngineCollector(stats, operations, breakers, failures or {}))
     return generate_latest(registry)

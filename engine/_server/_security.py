@@ -32,6 +32,8 @@ from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
 import trio
 
+from .. import _platform
+
 __all__ = [
     "COOKIE_PREFIX",
     "MAX_BODY_BYTES",
@@ -77,7 +79,7 @@ def load_or_create_token(state_dir: Path) -> str:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, (token + "\n").encode("ascii"))
-        os.fsync(fd)
+        _platform.fsync_file(fd)  # F_FULLFSYNC on macOS
     finally:
         os.close(fd)
     os.replace(tmp, path)

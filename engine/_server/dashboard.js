@@ -495,6 +495,7 @@
     const body = { kind: "download", url: form.url.value.trim() };
     if (form.dest.value.trim()) body.dest = form.dest.value.trim();
     if (form.sha256.value.trim()) body.sha256 = form.sha256.value.trim();
+    if (form.overwrite.checked) body.overwrite = true;
     const button = $("#add-submit");
     button.disabled = true;
     try {

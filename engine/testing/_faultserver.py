@@ -168,6 +168,9 @@ class FaultServer:
     _files: dict[str, tuple[VirtualFile, Faults]] = attrs.field(factory=dict, init=False)
     _faults: dict[str, _FaultState] = attrs.field(factory=dict, init=False)
     _stats: Accounting = attrs.field(factory=Accounting, init=False)
+    #: ``(path, Authorization header or None)`` of every file request, in order:
+    #: tests prove which credentials reached this host.
+    authorization_seen: list[tuple[str, str | None]] = attrs.field(factory=list, init=False)
 
     @property
     def base_url(self) -> str:
@@ -294,6 +297,7 @@ class FaultServer:
                     await self._control(stream, request)
                     return
                 host = request.headers.get("host", "")
+                self.authorization_seen.append((request.path, request.headers.get("authorization")))
                 self._stats.open(host)
                 try:
                     await self._respond(stream, request)

@@ -459,7 +459,7 @@ async def test_permission_denied_is_classified(server: FaultServer, make: Callab
     run = make(server.base_url + "/m.bin", kind=DownloadKind(write=failing_writer(0, err)))
     exc, _ = await run.fail()
     assert exc.error.code == "E_PERMISSION" and not exc.error.retryable
-    assert run.part.exists() and run.state["offset"] == 0
+    assert not run.part.exists() and run.state["offset"] == 0  # no empty .part left (SPEC 6.1)
 
 
 async def test_too_little_free_space_is_refused_before_writing(
@@ -475,7 +475,7 @@ async def test_too_little_free_space_is_refused_before_writing(
     exc, ctx = await run.fail()
     assert exc.error.code == "E_DISK_FULL"
     assert "40960" in exc.error.message and str(SIZE) in exc.error.message
-    assert ctx.bytes_received == 0 and run.part.stat().st_size == 0
+    assert ctx.bytes_received == 0 and not run.part.exists()  # disk full before the first byte: no .part
 
 
 async def test_missing_parent_directory_is_created(server: FaultServer, make: Callable[..., Runner]) -> None:

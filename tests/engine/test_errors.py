@@ -54,6 +54,8 @@ SPEC_TABLE = {
     "E_INSTALL_FAILED": ("install", False),
     "E_CIRCUIT_OPEN": ("breaker", True),
     "E_INVALID_INPUT": ("input", False),
+    "E_EXISTS": ("input", False),
+    "E_IN_USE": ("input", False),
     "E_INTERNAL": ("internal", False),
     "E_INVALID_STATE": ("control", False),
     "E_NOT_RETRYABLE": ("control", False),

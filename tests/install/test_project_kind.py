@@ -123,9 +123,9 @@ async def test_each_step_has_its_own_retry_budget(tmp_path: Path) -> None:
     retries = [(e["attempt"], e["error"]["message"][:8]) for e in events if e.type == "retry_scheduled"]
     assert retries == [(1, "step 1/2"), (2, "step 1/2"), (1, "step 2/2"), (2, "step 2/2")]
     statuses = [e["status"] for e in events if e.type == "status"]
-    # once a retried step finishes, the next step runs as in_progress again
-    assert statuses == ["in_progress", "recovering", "recovering", "in_progress", "recovering", "recovering",
-                        "success"], statuses
+    # every retried step is in_progress again once it starts running (SPEC 2.1)
+    assert statuses == ["in_progress"] + ["recovering", "in_progress"] * 4 + [
+        "success"], statuses
 
 
 async def test_failed_step_is_named_and_force_retry_continues_there(server: FaultServer, tmp_path: Path) -> None:

@@ -1,0 +1,190 @@
+"""SPEC 6.1: the user's files and credentials, against a real loopback server and real files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine._download._kind import DownloadKind
+from engine._download._names import safe_basename, validate_headers, windows_name_problem
+from engine._download._redirects import next_request
+from engine._download._safefile import open_part_fd
+from engine._errors import RefusedError
+from engine._settings import Settings
+from engine._specs import DownloadSpec
+from engine.testing import FaultServer
+
+def _sibling(name: str):  # type: ignore[no-untyped-def]
+    """The download kind's test module: its Runner and fixtures drive one attempt like the engine."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_download_kind_tests", Path(__file__).with_name(name))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_kind_tests = _sibling("test_download_kind.py")
+SIZE, Runner = _kind_tests.SIZE, _kind_tests.Runner
+client, make, server = _kind_tests.client, _kind_tests.make, _kind_tests.server
+
+OTHER = b"the user's only copy\n" * 100
+
+
+def _other(tmp_path: Path) -> Path:
+    victim = tmp_path / "elsewhere" / "precious.bin"
+    victim.parent.mkdir()
+    victim.write_bytes(OTHER)
+    return victim
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+async def test_planted_part_link_is_never_written_through(server: FaultServer, make: Callable[..., Runner],
+                                                         tmp_path: Path, link: str) -> None:
+    """A .part planted as a symlink or hard link is replaced; the other file stays byte-for-byte the same."""
+    file = server.add_file("/m.bin", size=SIZE)
+    run = make(server.base_url + "/m.bin", sha256=file.sha256)
+    victim = _other(tmp_path)
+    (os.symlink if link == "symlink" else os.link)(victim, run.part)
+    await run.run()
+    assert victim.read_bytes() == OTHER
+    assert run.dest.read_bytes() == file.read() and not run.dest.is_symlink()
+
+
+async def test_planted_part_link_with_404_truncates_nothing(server: FaultServer, make: Callable[..., Runner],
+                                                            tmp_path: Path) -> None:
+    """A 404 with a planted .part symlink leaves the other file intact and no .part behind."""
+    run = make(server.base_url + "/missing.bin")
+    victim = _other(tmp_path)
+    os.symlink(victim, run.part)
+    exc, _ = await run.fail()
+    assert exc.error.code == "E_HTTP_CLIENT"
+    assert victim.read_bytes() == OTHER and not os.path.lexists(run.part)
+
+
+async def test_second_writer_gets_in_use(server: FaultServer, make: Callable[..., Runner]) -> None:
+    """While one writer holds the .part lock, another attempt on that destination is E_IN_USE naming the file."""
+    server.add_file("/m.bin", size=SIZE)
+    run = make(server.base_url + "/m.bin")
+    fd = open_part_fd(run.part)
+    os.write(fd, b"x" * 10)
+    try:
+        exc, _ = await run.fail()
+    finally:
+        os.close(fd)
+    assert exc.error.code == "E_IN_USE" and str(run.part) in exc.error.message
+    assert run.part.read_bytes() == b"x" * 10
+
+
+async def test_existing_file_is_refused_with_e_exists(server: FaultServer, make: Callable[..., Runner]) -> None:
+    """A file already at dest is E_EXISTS naming it and how to overwrite; it is untouched and nothing is fetched."""
+    server.add_file("/m.bin", size=SIZE)
+    run = make(server.base_url + "/m.bin")
+    run.dest.write_bytes(OTHER)
+    exc, _ = await run.fail()
+    assert exc.error.code == "E_EXISTS" and not exc.error.retryable
+    assert str(run.dest) in exc.error.message and "--overwrite" in exc.error.message
+    assert run.dest.read_bytes() == OTHER and "/m.bin" not in server.stats.paths
+
+
+async def test_overwrite_replaces_existing_file(server: FaultServer, client: httpx.AsyncClient,
+                                                tmp_path: Path) -> None:
+    """With overwrite=True the existing file is replaced by the verified download."""
+    file = server.add_file("/m.bin", size=SIZE)
+    cfg = Settings(download_root=str(tmp_path))
+    spec = DownloadKind().validate(DownloadSpec(url=server.base_url + "/m.bin", dest="model.bin",
+                                                overwrite=True), cfg)
+    run = Runner(client, spec, cfg)
+    run.dest.write_bytes(OTHER)
+    await run.run()
+    assert run.dest.read_bytes() == file.read()
+
+
+async def test_existing_file_matching_sha256_completes_at_once(server: FaultServer,
+                                                               make: Callable[..., Runner]) -> None:
+    """A present file matching the given sha256 is complete without a request."""
+    file = server.add_file("/m.bin", size=SIZE)
+    run = make(server.base_url + "/m.bin", sha256=file.sha256)
+    run.dest.write_bytes(file.read())
+    ctx = await run.run()
+    assert ctx.bytes_received == 0 and "/m.bin" not in server.stats.paths
+    assert run.state["complete"] and run.progress[-1] == (SIZE, SIZE)
+
+
+async def test_recorded_success_is_still_complete(server: FaultServer, make: Callable[..., Runner]) -> None:
+    """A recorded success answers the same download again while its file is intact, not once it changed."""
+    server.add_file("/m.bin", size=SIZE)
+    run = make(server.base_url + "/m.bin")
+    await run.run()
+    kind = DownloadKind()
+    assert kind.still_complete(run.spec, run.state, run.spec)
+    run.dest.write_bytes(b"changed")
+    assert not kind.still_complete(run.spec, run.state, run.spec)
+
+
+async def test_redirect_to_data_url_leaves_no_part(server: FaultServer, make: Callable[..., Runner]) -> None:
+    """A redirect to a data: URL is E_INVALID_INPUT and leaves no empty .part."""
+    from engine.testing import Faults
+
+    server.add_file("/m.bin", size=SIZE, faults=Faults(redirect_to="data:text/plain,hi"))
+    run = make(server.base_url + "/m.bin")
+    exc, _ = await run.fail()
+    assert exc.error.code == "E_INVALID_INPUT" and not os.path.lexists(run.part)
+
+
+def test_credential_headers_dropped_on_cross_host_redirect() -> None:
+    """Every credential header is dropped when a redirect changes host, port or scheme, kept on the same origin."""
+    headers = {"Authorization": "Bearer s3cr3t", "Cookie": "c=1", "X-Api-Key": "k", "X-HF-Token": "t",
+               "Accept": "*/*"}
+    request = httpx.Request("GET", "http://a.example/f", headers=headers)
+    for target, kept in (("http://b.example/f", False), ("https://a.example/f", False),
+                         ("http://a.example:81/f", False), ("/g", True)):
+        response = httpx.Response(302, headers={"Location": target}, request=request)
+        response.next_request = httpx.Request("GET", request.url.join(target))
+        follow = next_request(request, response)
+        names = {k.lower() for k in follow.headers}
+        for name in ("authorization", "cookie", "x-api-key", "x-hf-token"):
+            assert (name in names) is kept, (target, name)
+        assert "accept" in names
+
+
+@pytest.mark.parametrize("value", ["Bearer abc\x0bdef", "Bearer abc\x00", "Bearer é"])
+def test_bad_header_value_refused_without_echo(value: str) -> None:
+    """An illegal header value is E_INVALID_INPUT naming the header, never echoing the value."""
+    with pytest.raises(RefusedError) as info:
+        validate_headers({"Authorization": value})
+    assert info.value.code == "E_INVALID_INPUT" and "Authorization" in info.value.message
+    assert "abc" not in info.value.message and "é" not in info.value.message
+
+
+def test_header_value_surrounding_space_is_dropped() -> None:
+    """A trailing space (a paste accident) is not part of an HTTP header value."""
+    assert validate_headers({"Authorization": "Bearer abc \t"}) == {"Authorization": "Bearer abc"}
+
+
+@pytest.mark.parametrize("name", ["con", "NUL.safetensors", "COM1", "aux", "lpt9.txt", "a<b", "x.", "y "])
+def test_windows_names(name: str) -> None:
+    """Windows device names and characters are refused for import entries and reduced in names from URLs."""
+    assert windows_name_problem(name) is not None
+    reduced = safe_basename(name)
+    assert reduced is None or windows_name_problem(reduced) is None
+
+
+def test_state_dir_temp_files_removed_at_start(tmp_path: Path) -> None:
+    """A statistics temp file a crash left in the state directory is removed when the store opens."""
+    from engine._store import SnapshotStore
+
+    (tmp_path / "state").mkdir(mode=0o700)
+    leftover = tmp_path / "state" / ".stats.msgpack.0a1b2c3d.tmp"
+    leftover.write_bytes(b"half")
+    store = SnapshotStore(tmp_path / "state")
+    store.open()
+    store.close()
+    assert not leftover.exists()
+
+
