@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
 from engine import Settings, open_engine
 from engine.testing._scripted import ScriptedKind
+
+
+_SITE = Path(__file__).parent / "_fallback_site"
+#: What ``--platform-fallback=all`` forces (``case`` is run on its own: see tests/platform).
+_ALL_FALLBACKS = ("syncfs", "rcvlowat", "lock", "dirsync", "pread")
+
+
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption(
+        "--platform-fallback", default="",
+        help="run the suite with engine._platform's portable fallbacks forced on, here and in the "
+             "processes the tests start: a comma list of " + ", ".join(_ALL_FALLBACKS) + ", case, or 'all'")
+
+
+def pytest_configure(config: Any) -> None:
+    raw = config.getoption("--platform-fallback")
+    names = list(_ALL_FALLBACKS) if raw == "all" else [n for n in raw.split(",") if n]
+    if not names:
+        return
+    from engine import _platform
+
+    _platform.force_fallback(*names)  # before any engine starts
+    os.environ["RECOVERY_TEST_PLATFORM_FALLBACK"] = ",".join(names)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_SITE), os.environ.get("PYTHONPATH")) if p)
+
+
+def pytest_report_header(config: Any) -> str | None:
+    raw = config.getoption("--platform-fallback")
+    return f"engine._platform fallbacks forced: {raw}" if raw else None
 
 
 @pytest.fixture
