@@ -25,7 +25,7 @@ import trio
 from supervisors import ActorGone, Supervisor, open_supervisor
 
 from ._breaker import BreakerActor, BreakerState
-from ._clocks import under_mock_clock
+from ._disk import THREADS, DiskWork
 from ._convert import converter
 from ._errors import ErrorInfo, RefusedError
 from ._events import EventBus, Subscription
@@ -85,6 +85,7 @@ class Engine:
     _store: SnapshotStore
     _kinds: KindRegistry
     _http: httpx.AsyncClient
+    _disk: DiskWork = THREADS
     _events: EventBus = attrs.Factory(EventBus)
     _stats: StatsCounter = attrs.Factory(StatsCounter)
     _history: History = attrs.Factory(History)
@@ -105,7 +106,7 @@ class Engine:
 
     def __attrs_post_init__(self) -> None:
         self._services = _ActorServices(self)
-        self._writer = SnapshotWriter(self._store)
+        self._writer = SnapshotWriter(self._store, disk=self._disk)
         self._scheduler = Scheduler(lambda: (self._settings.max_concurrent, self._settings.max_per_host))
         self._breaker = BreakerActor(
             settings=lambda: (self._settings.breaker_failure_threshold, self._settings.breaker_reset_timeout_s,
@@ -322,7 +323,7 @@ class Engine:
         return AttemptContext(
             op.id, op.spec, op.state, op.retries, self._http,
             lambda: self._settings, op.on_progress, self._checkpoint_cb(op), self._step_cb(op),
-            self._output_cb(op), trio.current_time, trio.current_time(),
+            self._output_cb(op), trio.current_time, trio.current_time(), disk=self._disk,
         )
 
     def _checkpoint_cb(self, op: OpActor) -> Any:
@@ -469,10 +470,7 @@ class Engine:
             if self._stats_dirty or self._history.dirty:
                 self._stats_dirty = False
                 record = self._stats_record()
-                if under_mock_clock():
-                    self._write_stats(record)
-                else:  # two fsyncs: not on the event loop (see engine._clocks)
-                    await trio.to_thread.run_sync(self._write_stats, record)
+                await self._disk.run(lambda: self._write_stats(record))  # two fsyncs
                 self._events.publish("stats", None, **self.statistics().to_dict())
 
     def _flush_stats(self) -> None:
@@ -548,12 +546,16 @@ async def open_engine(
     overrides: Mapping[str, Any] | None = None,
     kinds: Iterable[Kind] = (),
     http: httpx.AsyncClient | None = None,
+    disk: DiskWork = THREADS,
 ) -> AsyncIterator[Engine]:
     """Run an engine for the duration of the block.
 
     ``settings`` replaces ``settings.json`` for this run; ``overrides`` (the
     command line's ``--set``) are applied on top and never persisted. Extra
-    ``kinds`` are registered beside the built-ins. A second engine on the same
+    ``kinds`` are registered beside the built-ins. ``disk`` is where blocking
+    file-system work runs: helper threads by default; a test on trio's
+    autojump clock passes `engine.testing.INLINE_DISK` (see `engine._disk`).
+    A second engine on the same
     ``state_dir`` raises `StateDirLocked` at once.
     """
     root = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
@@ -573,7 +575,7 @@ async def open_engine(
             timeout=httpx.Timeout(run_settings.stall_timeout_s, connect=run_settings.connect_timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
-        engine = Engine(root, run_settings, file_settings, store, registry, client)
+        engine = Engine(root, run_settings, file_settings, store, registry, client, disk=disk)
         try:
             engine._load()
             async with open_supervisor("engine") as supervisor:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import attrs
 
+from ._disk import THREADS, DiskWork
 from ._errors import RefusedError
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class AttemptContext:
     bytes_received: int = 0
     durable_bytes: int = 0
     bytes_discarded: int = 0
+    #: where blocking file-system work runs (the engine's choice; see `engine._disk`)
+    disk: DiskWork = THREADS
 
     @property
     def settings(self) -> "Settings":

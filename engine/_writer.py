@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from . import _platform
-from ._clocks import under_mock_clock
+from ._disk import THREADS, DiskWork
 from ._store import OpSnapshot, SnapshotStore, fsync_dir_fd, write_temp
 
 __all__ = ["SnapshotWriter"]
@@ -52,6 +52,8 @@ class SnapshotWriter:
     #: change is durable within about this long). A `flush` (someone waiting
     #: for durability) cuts the gathering short.
     coalesce_s: float = 0.05
+    #: where the blocking commit runs (a helper thread unless the caller chose otherwise)
+    disk: DiskWork = THREADS
     _dirty: dict[str, Callable[[], OpSnapshot]] = attrs.Factory(dict)
     _tickets: dict[str, list[_Ticket]] = attrs.Factory(dict)
     _wake: trio.Event = attrs.Factory(trio.Event)
@@ -115,13 +117,10 @@ class SnapshotWriter:
                 self._wake = trio.Event()
                 while self._dirty:
                     batch = self._take()
-                    if _off_loop():
-                        # The disk waits in a worker thread; the event loop (and every
-                        # control) keeps running, and new marks gather for the next batch.
-                        error = await trio.to_thread.run_sync(self._commit_catching, batch[1])
-                    else:
-                        error = self._commit_catching(batch[1])
-                        await trio.lowlevel.checkpoint()
+                    # The disk waits off the event loop (by default): every control keeps
+                    # running, and new marks gather for the next batch.
+                    prepared = batch[1]
+                    error = await self.disk.run(lambda: self._commit_catching(prepared))
                     self._settle(batch[0], error)
         finally:
             # Shutdown: whatever is still dirty is written now, synchronously.
@@ -185,7 +184,3 @@ class SnapshotWriter:
             for tmp, _ in temps:  # a failed batch leaves no temp files behind
                 tmp.unlink(missing_ok=True)
 
-
-def _off_loop() -> bool:
-    """Write in a worker thread, except under a mock clock (see `engine._clocks`)."""
-    return not under_mock_clock()

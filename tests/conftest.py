@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from engine import Settings, open_engine
+from engine.testing import INLINE_DISK
 from engine.testing._scripted import ScriptedKind
 
 
@@ -58,6 +59,26 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def eng(state_dir: Any, scripted: ScriptedKind, settings: Settings) -> AsyncIterator[Any]:
-    async with open_engine(state_dir, settings, kinds=[scripted]) as engine:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as engine:
         yield engine
 
+
+
+@pytest.fixture(autouse=True)
+def _inline_disk_under_autojump(request: Any, monkeypatch: Any) -> None:
+    """A test on the autojump clock must give the engine ``disk=INLINE_DISK``.
+
+    With the default (helper threads) the clock would jump while a thread waits
+    for the disk and fire timeouts real time never would: a flaky test. This
+    makes the mistake fail at once, with the fix in the message.
+    """
+    if "autojump_clock" not in request.fixturenames:
+        return
+    from engine import _disk
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("this test runs on the autojump clock: give the engine (or the writer, "
+                             "or the .part) disk=engine.testing.INLINE_DISK")
+
+    monkeypatch.setattr(_disk._Threads, "run", refuse)
+    monkeypatch.setattr(_disk._Threads, "start", refuse)

@@ -257,7 +257,7 @@ class DownloadKind:
         except OSError as exc:
             raise classify_exception(exc) from exc
         try:
-            part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write)
+            part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write, disk=ctx.disk)
         except OSError as exc:
             raise classify_exception(exc) from exc
         transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs, self.credentials)

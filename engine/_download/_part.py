@@ -8,7 +8,8 @@ never happened. Writes go to the page cache and are cheap. The periodic
 written since the last one), so `start_sync` runs it in a plain helper
 thread that nobody awaits: the download keeps receiving, and `poll_sync`
 (a non-blocking check) moves ``durable`` forward once that fsync returned.
-Under a test's mock clock it runs inline instead (see ``engine._clocks``).
+Where it runs is the engine's `DiskWork` (see ``engine._disk``): a helper thread
+by default, inline for tests on an autojump clock.
 `sync` is the blocking form, used at the end and on the way out.
 
 `PartFile` only tracks two numbers: ``size`` (bytes written, the file
@@ -30,7 +31,7 @@ from typing import Callable, Union
 import attrs
 
 from .. import _platform
-from .._clocks import under_mock_clock
+from .._disk import THREADS, Background, DiskWork
 
 __all__ = ["PartFile", "Writer", "free_bytes", "fsync_dir", "replace_durably"]
 
@@ -61,10 +62,13 @@ class PartFile:
     _write: Writer
     size: int
     durable: int
+    _disk: DiskWork = THREADS
     _bg: "_BackgroundSync | None" = None
 
     @classmethod
-    def adopt(cls, path: Path, fd: int, keep: int, *, write: Writer = os.write) -> PartFile:
+    def adopt(
+        cls, path: Path, fd: int, keep: int, *, write: Writer = os.write, disk: DiskWork = THREADS,
+    ) -> PartFile:
         """Take over ``fd`` (``path`` opened for writing) and cut it back to at most ``keep`` bytes.
 
         A crash may have left bytes past the last recorded offset; they were
@@ -81,7 +85,7 @@ class PartFile:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, write, size, size)
+        return cls(path, fd, write, size, size, disk)
 
     @property
     def fd(self) -> int:
@@ -115,7 +119,7 @@ class PartFile:
         fd = self._require_fd()
         if self._bg is not None or self.size == self.durable:
             return False
-        self._bg = _BackgroundSync.start(fd, self.size, inline=under_mock_clock())
+        self._bg = _BackgroundSync.start(self._disk, fd, self.size)
         return True
 
     def poll_sync(self) -> int:
@@ -180,37 +184,25 @@ class PartFile:
 
 @attrs.define(eq=False)
 class _BackgroundSync:
-    """One ``fsync`` in a helper thread, covering the first ``target`` bytes."""
+    """One ``fsync`` started through the engine's `DiskWork`, covering the first ``target`` bytes."""
 
     target: int
-    thread: threading.Thread | None
-    done: threading.Event
-    error: OSError | None = None
+    _work: Background
 
     @classmethod
-    def start(cls, fd: int, target: int, *, inline: bool = False) -> "_BackgroundSync":
-        """Start the fsync; ``inline`` runs it now, in this thread (under a mock clock)."""
-        done = threading.Event()
+    def start(cls, disk: DiskWork, fd: int, target: int) -> "_BackgroundSync":
+        return cls(target, disk.start(lambda: _platform.fsync_file(fd), name="engine-fsync"))
 
-        def run() -> None:
-            try:
-                _platform.fsync_file(fd)
-            except OSError as exc:
-                bg.error = exc
-            finally:
-                done.set()
+    @property
+    def done(self) -> threading.Event:
+        return self._work.done
 
-        bg = cls(target, None, done)
-        if inline:
-            run()
-        else:
-            bg.thread = threading.Thread(target=run, name="engine-fsync", daemon=True)
-            bg.thread.start()
-        return bg
+    @property
+    def error(self) -> BaseException | None:
+        return self._work.error
 
     def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
+        self._work.join()
 
 
 @attrs.define(eq=False)

@@ -79,7 +79,7 @@ def step_context(ctx: AttemptContext, step: Any, state: dict[str, Any],
 
     return AttemptContext(
         ctx.op_id, step, state, ctx.attempt, ctx.http, lambda: ctx.settings, on_progress, on_checkpoint,
-        lambda: None, ctx.set_output_tail, trio.current_time, trio.current_time(),
+        lambda: None, ctx.set_output_tail, trio.current_time, trio.current_time(), disk=ctx.disk,
     )
 
 

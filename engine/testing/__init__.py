@@ -2,7 +2,13 @@
 
 Run it as a process with ``python -m engine.testing serve --port 0``: the first
 line on stdout is the base URL.
+
+`INLINE_DISK` is the engine's disk work for tests on trio's autojump clock:
+``open_engine(state_dir, disk=INLINE_DISK)`` runs every fsync inline, so the
+clock never jumps while a helper thread waits for the disk.
 """
+
+from .._disk import INLINE as INLINE_DISK
 
 from ._faultcontent import Faults as Faults
 from ._faultcontent import HostStats as HostStats
@@ -21,6 +27,7 @@ __all__ = [
     "FaultServer",
     "Faults",
     "HostStats",
+    "INLINE_DISK",
     "PathStats",
     "RequestRecord",
     "ServerStats",

@@ -6,6 +6,7 @@ import trio
 import trio.testing
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine.testing._scripted import ScriptedKind, ScriptedSpec
 from engine.testing import FaultServer, Faults, content_sha256
 
@@ -33,7 +34,7 @@ async def test_503_host_opens_breaker_and_waiters_spend_no_retries(tmp_path, aut
         for p in paths:
             server.add_file(p, size=64 * KIB, faults=Faults(status=503))
         settings = Settings(download_root=str(tmp_path), jitter=0.0)
-        async with open_engine(tmp_path / "state", settings) as eng:
+        async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
             async with eng.subscribe() as sub:
                 ops = [await eng.submit(DownloadSpec(url=server.base_url + p, dest=f"out{p}")) for p in paths]
                 # wait until the breaker opened
@@ -87,7 +88,7 @@ async def test_404_storm_never_opens_the_breaker(tmp_path, autojump_clock) -> No
     async with trio.open_nursery() as nursery:
         server = await start_server(nursery)
         settings = Settings(download_root=str(tmp_path))
-        async with open_engine(tmp_path / "state", settings) as eng:
+        async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
             async with eng.subscribe() as sub:
                 ops = []
                 for i in range(20):
@@ -112,7 +113,7 @@ async def test_two_hosts_are_independent(tmp_path, autojump_clock) -> None:
             bad.add_file(f"/b{i}", size=1000, faults=Faults(status=503))
             good.add_file(f"/g{i}", size=50 * KIB)
         settings = Settings(download_root=str(tmp_path), max_concurrent=4)
-        async with open_engine(tmp_path / "state", settings) as eng:
+        async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
             bad_ops = [await eng.submit(DownloadSpec(url=f"{bad.base_url}/b{i}", dest=f"b{i}")) for i in range(6)]
             good_ops = [await eng.submit(DownloadSpec(url=f"{good.base_url}/g{i}", dest=f"g{i}"))
                         for i in range(6)]
@@ -144,7 +145,7 @@ async def test_connections_never_exceed_limits_even_after_live_change(tmp_path, 
             a.add_file(f"/a{i}", size=256 * KIB, faults=Faults(rate_bps=64 * KIB))
             b.add_file(f"/b{i}", size=256 * KIB, faults=Faults(rate_bps=64 * KIB))
         settings = Settings(download_root=str(tmp_path), max_concurrent=3, max_per_host=2)
-        async with open_engine(tmp_path / "state", settings) as eng:
+        async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
             ops = []
             for i in range(8):
                 ops.append(await eng.submit(DownloadSpec(url=f"{a.base_url}/a{i}", dest=f"a{i}")))
@@ -182,7 +183,7 @@ async def test_open_period_schedule_on_the_actor_clock(tmp_path, autojump_clock)
     settings = Settings(breaker_failure_threshold=1, max_retries=20, initial_delay_s=0.001, max_delay_s=200,
                         jitter=0.0)
     stamps: list[tuple[str, float]] = []
-    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
 
             async def record() -> None:
@@ -207,7 +208,7 @@ async def test_probe_goes_to_the_longest_waiting_op(tmp_path, autojump_clock) ->
     """When half-open, the operation that has waited longest makes the probe."""
     kind = ScriptedKind()
     settings = Settings(breaker_failure_threshold=1, initial_delay_s=1000)
-    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
         first = await eng.submit(scripted("first", "fail:E_NET_UNREACHABLE", "ok"))
         await trio.sleep(1)
         waiters = []
@@ -229,7 +230,7 @@ async def test_force_retry_passes_an_open_breaker(tmp_path, autojump_clock) -> N
     """force_retry lets one attempt through an open breaker."""
     kind = ScriptedKind()
     settings = Settings(breaker_failure_threshold=1)
-    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
         await eng.submit(scripted("opener", "fail:E_NET_UNREACHABLE", "ok"))
         await trio.sleep(1)
         waiter = await eng.submit(scripted("waiter", "ok"))
@@ -243,13 +244,13 @@ async def test_force_retry_passes_an_open_breaker(tmp_path, autojump_clock) -> N
 async def test_breaker_state_is_not_persisted(tmp_path, autojump_clock) -> None:
     """After a restart every scope starts closed; the operations' retry counters are kept."""
     settings = Settings(breaker_failure_threshold=2, initial_delay_s=1000)
-    async with open_engine(tmp_path / "state", settings, kinds=[ScriptedKind()]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         a = await eng.submit(scripted("a", "fail:E_NET_UNREACHABLE", "ok"))
         b = await eng.submit(scripted("b", "fail:E_NET_UNREACHABLE", "ok"))
         await trio.sleep(1)
         assert [s.state for s in await eng.breakers()] == ["open"]
     kind = ScriptedKind()
-    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
         assert await eng.breakers() == []
         finals = [await eng.wait(a.id), await eng.wait(b.id)]
         assert all(f.status is Status.SUCCESS and f.attempt == 1 for f in finals)
@@ -259,7 +260,7 @@ async def test_breaker_state_is_not_persisted(tmp_path, autojump_clock) -> None:
 async def test_pending_operations_start_in_submission_order(tmp_path, autojump_clock) -> None:
     """With one slot, queued operations start first-in, first-out."""
     kind = ScriptedKind()
-    async with open_engine(tmp_path / "state", Settings(max_concurrent=1), kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", Settings(max_concurrent=1), kinds=[kind], disk=INLINE_DISK) as eng:
         ops = [await eng.submit(ScriptedSpec(name=f"q{i}", script=["sleep:1+ok"])) for i in range(6)]
         for op in ops:
             await eng.wait(op.id)

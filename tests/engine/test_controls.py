@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from engine import RefusedError, Settings, Status, TRANSITIONS, open_engine
+from engine.testing import INLINE_DISK
 from engine._model import CONTROLS, Control, check_transition
 from engine.testing._scripted import ScriptedSpec
 
@@ -47,7 +48,7 @@ async def test_every_reachable_transition_is_observed(state_dir, scripted, autoj
     happens at run time (the two restart edges are covered by the restart test)."""
     seen: set[tuple[str, str]] = set()
     settings = Settings(max_concurrent=1, max_retries=1)
-    async with open_engine(state_dir, settings, kinds=[scripted]) as eng:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
             gate = await eng.submit(spec("gate", "gate"))           # holds the only slot
             await settle(eng, gate.id, Status.IN_PROGRESS)

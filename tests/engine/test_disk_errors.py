@@ -21,6 +21,7 @@ import msgpack
 import pytest
 
 from engine import DownloadSpec, RefusedError, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._download._kind import DownloadKind
 from engine.testing import FaultServer, Faults
 
@@ -130,7 +131,7 @@ def snapshot_state(state_dir: Path, op_id: str) -> dict[str, Any]:
 async def run_one(
     disk: Disk, state_dir: Path, spec: DownloadSpec, then: Callable[[Any, Any], Any] | None = None
 ) -> Any:
-    async with open_engine(state_dir=state_dir, settings=settings_for(disk), kinds=[disk.kind()]) as eng:
+    async with open_engine(state_dir=state_dir, settings=settings_for(disk), kinds=[disk.kind()], disk=INLINE_DISK) as eng:
         op = await eng.submit(spec)
         final = await eng.wait(op.id)
         if then is not None:

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine.testing import FaultServer, Faults
 
 SIZE = 1_000_000
@@ -42,7 +43,7 @@ def sha256_of(path: Path) -> str:
 async def test_drops_three_times_then_succeeds(server: FaultServer, tmp_path: Path, autojump_clock: Any) -> None:
     """A download whose connection drops three times recovers, resumes each time and ends exact."""
     file = server.add_file("/m.bin", size=SIZE, faults=Faults(drop_after=200_000, drop_times=3))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
             op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256))
             final = await eng.wait(op.id)
@@ -66,7 +67,7 @@ async def test_pause_and_resume_continue_from_the_offset(
 ) -> None:
     """Pausing mid-download keeps the .part; resuming asks only for the rest."""
     file = server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=100_000))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256))
         await settle(eng, op.id, Status.IN_PROGRESS)
         await trio.sleep(3.5)
@@ -89,13 +90,13 @@ async def test_restart_resumes_from_the_snapshot(server: FaultServer, tmp_path: 
     """An engine shut down mid-download resumes from the snapshot's offset when opened again."""
     file = server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=100_000))
     spec = DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256)
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         op = await eng.submit(spec)
         await settle(eng, op.id, Status.IN_PROGRESS)
         await trio.sleep(4.2)
     kept = (tmp_path / "downloads" / "m.bin.part").stat().st_size
     assert 0 < kept < SIZE
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         final = await eng.wait(op.id)
     assert final.status is Status.SUCCESS, final.error
     assert sha256_of(tmp_path / "downloads" / "m.bin") == file.sha256
@@ -108,7 +109,7 @@ async def test_same_destination_returns_the_live_operation(
 ) -> None:
     """Submitting a download to a destination a live operation owns returns that operation."""
     server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=100_000))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         first = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin"))
         again = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest=str(tmp_path / "downloads/m.bin")))
         assert again.id == first.id
@@ -121,7 +122,7 @@ async def test_a_failure_that_wrote_nothing_leaves_no_part_file(server: FaultSer
     """A 404 fails at once and leaves no empty .part behind; a drop after data keeps its .part."""
     server.add_file("/gone.bin", size=10, faults=Faults(status=404))
     server.add_file("/half.bin", size=SIZE, faults=Faults(drop_after=300_000))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path, max_retries=0)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path, max_retries=0), disk=INLINE_DISK) as eng:
         gone = await eng.wait((await eng.submit(DownloadSpec(url=server.base_url + "/gone.bin", dest="gone.bin"))).id)
         half = await eng.wait((await eng.submit(DownloadSpec(url=server.base_url + "/half.bin", dest="half.bin"))).id)
     downloads = tmp_path / "downloads"

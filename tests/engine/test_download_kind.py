@@ -27,7 +27,7 @@ from engine._errors import AttemptFailed, RefusedError
 from engine._kinds import AttemptContext, Kind
 from engine._settings import Settings
 from engine._specs import DownloadSpec
-from engine.testing import FaultServer, Faults, VirtualFile
+from engine.testing import INLINE_DISK, FaultServer, Faults, VirtualFile
 
 SIZE = 300_000
 CUT = 100_000
@@ -83,6 +83,7 @@ class Runner:
         return AttemptContext(
             "op-1", self.spec, self.state, self.attempts, self.client, lambda: self.settings,
             on_progress, on_checkpoint, lambda: None, lambda lines: None, trio.current_time,
+            disk=INLINE_DISK,
         )
 
     async def run(self) -> AttemptContext:

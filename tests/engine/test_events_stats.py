@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engine import RefusedError, Settings, StateDirLocked, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine.testing._scripted import ScriptedKind, ScriptedSpec
 
 
@@ -21,7 +22,7 @@ def spec(name: str, *script: str, **kw) -> ScriptedSpec:
 async def test_thousand_ops_with_a_subscriber_that_never_reads(state_dir, scripted, autojump_clock) -> None:
     """1,000 operations complete while a subscriber never reads; its progress events are coalesced."""
     settings = Settings(max_concurrent=200, max_per_host=200)
-    async with open_engine(state_dir, settings, kinds=[scripted]) as eng:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
         async with eng.subscribe() as lazy:
             ops = [await eng.submit(spec(f"op{i}", "progress:100+progress:100+fail:E_NET_TIMEOUT",
                                          "progress:100+ok")) for i in range(1000)]
@@ -47,7 +48,7 @@ async def test_progress_events_are_throttled(eng, autojump_clock) -> None:
 
 async def test_exact_statistics_for_a_scripted_mix(state_dir, scripted, autojump_clock) -> None:
     """Recovered count, failures, retries and the average recovery time are exact."""
-    async with open_engine(state_dir, Settings(jitter=0.0), kinds=[scripted]) as eng:
+    async with open_engine(state_dir, Settings(jitter=0.0), kinds=[scripted], disk=INLINE_DISK) as eng:
         ops = [
             await eng.submit(spec("clean", "ok")),
             await eng.submit(spec("one", "fail:E_NET_TIMEOUT", "ok")),               # recovers after 2 s
@@ -66,7 +67,7 @@ async def test_exact_statistics_for_a_scripted_mix(state_dir, scripted, autojump
     assert stats.errors_by_code == {"E_NET_TIMEOUT": 3, "E_HTTP_CLIENT": 1, "E_SERVER_OVERLOAD": 6}
     assert stats.active_operations == 0
     # persisted across restarts
-    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         again = eng.statistics()
     assert again.recovered_operations == 2 and again.retry_attempts == 8 and again.total_operations == 5
 
@@ -74,7 +75,7 @@ async def test_exact_statistics_for_a_scripted_mix(state_dir, scripted, autojump
 async def test_restart_resumes_live_and_keeps_parked(state_dir, autojump_clock) -> None:
     """After a restart, pending/in_progress/recovering resume; paused/failed/exhausted stay."""
     kind = ScriptedKind()
-    async with open_engine(state_dir, Settings(initial_delay_s=500, max_concurrent=10), kinds=[kind]) as eng:
+    async with open_engine(state_dir, Settings(initial_delay_s=500, max_concurrent=10), kinds=[kind], disk=INLINE_DISK) as eng:
         running = await eng.submit(spec("running", "progress:5+hang", "ok"))
         recovering = await eng.submit(spec("recovering", "fail:E_NET_TIMEOUT", "ok"))
         paused = await eng.submit(spec("paused", "hang"))
@@ -85,7 +86,7 @@ async def test_restart_resumes_live_and_keeps_parked(state_dir, autojump_clock) 
         assert eng.get(recovering.id).status is Status.RECOVERING
         assert eng.get(failed.id).status is Status.FAILED
     kind2 = ScriptedKind()
-    async with open_engine(state_dir, Settings(initial_delay_s=500), kinds=[kind2]) as eng:
+    async with open_engine(state_dir, Settings(initial_delay_s=500), kinds=[kind2], disk=INLINE_DISK) as eng:
         assert eng.get(paused.id).status is Status.PAUSED
         assert eng.get(failed.id).status is Status.FAILED
         for op_id in (running.id, recovering.id):
@@ -105,14 +106,14 @@ async def test_snapshot_files_are_private(state_dir, eng, autojump_clock) -> Non
 
 async def test_corrupt_and_newer_snapshots(state_dir, autojump_clock) -> None:
     """A corrupt snapshot is moved to .corrupt and reported; a newer schema is left untouched; the rest load."""
-    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         good = await eng.submit(spec("good", "hang"))
         await trio.sleep(0.1)
     ops = state_dir / "operations"
     (ops / "broken.msgpack").write_bytes(b"\xc1 definitely not msgpack")
     newer = msgpack.packb({"schema": 99, "operation": {"id": "future"}})
     (ops / "future.msgpack").write_bytes(newer)
-    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         assert eng.get(good.id).status in (Status.PENDING, Status.IN_PROGRESS)
         reasons = {os.path.basename(p.path): p.reason for p in eng.load_problems}
     assert (ops / "broken.msgpack.corrupt").exists() and not (ops / "broken.msgpack").exists()
@@ -123,9 +124,9 @@ async def test_corrupt_and_newer_snapshots(state_dir, autojump_clock) -> None:
 
 async def test_second_engine_on_same_dir_fails_at_once(state_dir) -> None:
     """A second engine on one state dir raises StateDirLocked with a clear message."""
-    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()]):
+    async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()], disk=INLINE_DISK):
         with pytest.raises(StateDirLocked, match="already using the state directory"):
-            async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()]):
+            async with open_engine(state_dir, Settings(), kinds=[ScriptedKind()], disk=INLINE_DISK):
                 pass  # pragma: no cover
 
 
@@ -145,17 +146,17 @@ async def test_settings_validation_names_field(eng) -> None:
 
 async def test_overrides_are_not_persisted(state_dir) -> None:
     """`overrides` (the CLI's --set) apply to the run and never reach settings.json."""
-    async with open_engine(state_dir, overrides={"max_retries": 9}, kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, overrides={"max_retries": 9}, kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         assert eng.settings.max_retries == 9
         await eng.update_settings(jitter=0.2)
     assert json.loads((state_dir / "settings.json").read_text()) == {"jitter": 0.2}
-    async with open_engine(state_dir, kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         assert eng.settings.max_retries == 5 and eng.settings.jitter == 0.2
 
 
 async def test_history_limit_forgets_oldest_success(state_dir, autojump_clock) -> None:
     """Finished operations beyond history_limit are forgotten, oldest first."""
-    async with open_engine(state_dir, Settings(history_limit=3), kinds=[ScriptedKind()]) as eng:
+    async with open_engine(state_dir, Settings(history_limit=3), kinds=[ScriptedKind()], disk=INLINE_DISK) as eng:
         ids = []
         for i in range(5):
             op = await eng.submit(spec(f"x{i}"))

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._download._hubs import HubEnv, host_auth, hub_url
 from engine.testing import FaultServer, Faults
 from engine.testing._hubserver import HubServer
@@ -45,7 +46,7 @@ def settings_for(tmp_path: Path) -> Settings:
 
 
 async def fetch(tmp_path: Path, spec: DownloadSpec) -> Any:
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
             op = await eng.submit(spec)
             final = await eng.wait(op.id)

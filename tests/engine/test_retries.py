@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from engine import Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine.testing._scripted import ScriptedSpec
 
 
@@ -38,7 +39,7 @@ async def test_default_backoff_schedule_then_exhausted(eng, autojump_clock) -> N
 async def test_delay_is_capped(state_dir, scripted, autojump_clock) -> None:
     """No delay exceeds max_delay_s (300 s), even with jitter."""
     settings = Settings(initial_delay_s=100, max_retries=4, jitter=0.1)
-    async with open_engine(state_dir, settings, kinds=[scripted]) as eng:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
             op = await eng.submit(spec("x", "fail:E_NET_TIMEOUT"))
             await eng.wait(op.id)

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._rate import RateWindow
 from engine.testing import FaultServer, Faults
 
@@ -31,7 +32,7 @@ async def test_retry_that_transfers_returns_to_in_progress(
         server: FaultServer, tmp_path: Path, autojump_clock: Any) -> None:
     """After a drop, the resumed attempt is in_progress with Attempt 1/5, no error and the drop as last_error."""
     server.add_file("/m.bin", size=SIZE, faults=Faults(drop_after=300_000, drop_times=1, rate_bps=200_000))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         async with eng.subscribe() as sub:
             op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin"))
             seen: list[Any] = []
@@ -58,7 +59,7 @@ async def test_retry_that_transfers_returns_to_in_progress(
 async def test_waiting_to_retry_shows_no_old_rate(server: FaultServer, tmp_path: Path, autojump_clock: Any) -> None:
     """While an operation waits for its retry, rate is 0 and ETA unknown (not the figure from before the drop)."""
     server.add_file("/w.bin", size=SIZE, faults=Faults(drop_after=300_000, drop_times=1, rate_bps=200_000))
-    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path)) as eng:
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
         op = await eng.submit(DownloadSpec(url=server.base_url + "/w.bin", dest="w.bin"))
         with trio.fail_after(1000):
             while eng.get(op.id).status is not Status.RECOVERING:

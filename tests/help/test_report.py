@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._report import check_host, live_operation_report, report_text
 from engine.testing import FaultServer, Faults
 
@@ -50,7 +51,7 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
     host_port = server.base_url.split("://", 1)[1]
     url = f"http://user:hunter2@{host_port}/m.bin?token=QUERYSECRET42&v=1"
     spec = DownloadSpec(url=url, dest="m.bin", headers={"Authorization": "Bearer HEADERSECRET99"})
-    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=2)) as eng:
+    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=2), disk=INLINE_DISK) as eng:
         op = await eng.submit(spec)
         final = await eng.wait(op.id)
         doc = await live_operation_report(eng, op.id)
@@ -92,7 +93,7 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
 async def test_report_for_an_unreachable_host_says_tcp_failed(tmp_path: Path) -> None:
     """A download to a port nobody listens on: the report's TCP check failed, measured now."""
     port = closed_port()
-    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=0)) as eng:
+    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=0), disk=INLINE_DISK) as eng:
         op = await eng.submit(DownloadSpec(url=f"http://127.0.0.1:{port}/m.bin", dest="m.bin"))
         final = await eng.wait(op.id)
         doc = await live_operation_report(eng, op.id)
@@ -117,7 +118,7 @@ async def test_history_cli_reads_the_state_directory(state_dir: Path, scripted: 
     """`recovery history --json` without a server shows the persisted buckets; --hours is validated."""
     from engine.testing._scripted import ScriptedSpec
 
-    async with open_engine(state_dir, Settings(initial_delay_s=0.01, jitter=0.0), kinds=[scripted]) as eng:
+    async with open_engine(state_dir, Settings(initial_delay_s=0.01, jitter=0.0), kinds=[scripted], disk=INLINE_DISK) as eng:
         op = await eng.submit(ScriptedSpec(name="a", scope="hub", script=["fail:E_NET_TIMEOUT", "ok"]))
         await eng.wait(op.id)
     env = {**os.environ, "RECOVERY_STATE_DIR": str(state_dir)}

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._history import History, Timeline, summarize
 from engine.testing import FaultServer, Faults
 from engine.testing._scripted import ScriptedSpec
@@ -39,13 +40,13 @@ async def test_timeline_of_two_drops_then_success_across_a_restart(
     file = server.add_file("/m.bin", size=SIZE, faults=Faults(drop_after=200_000, drop_times=2))
     settings = Settings(initial_delay_s=1.0, jitter=0.0, download_root=str(tmp_path / "dl"))
     spec = DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256)
-    async with open_engine(tmp_path / "state", settings) as eng:
+    async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
         op = await eng.submit(spec)
         await settle(eng, op.id, Status.RECOVERING)
-    async with open_engine(tmp_path / "state", settings) as eng:
+    async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
         final = await eng.wait(op.id)
     assert final.status is Status.SUCCESS, final.error
-    async with open_engine(tmp_path / "state", settings) as eng:
+    async with open_engine(tmp_path / "state", settings, disk=INLINE_DISK) as eng:
         timeline = eng.get(op.id).timeline
     assert [t["trigger"] for t in timeline] == ["submit", "resume", "automatic"]
     assert [t["code"] for t in timeline] == ["E_NET_INTERRUPTED", "E_NET_INTERRUPTED", None]
@@ -61,7 +62,7 @@ async def test_timeline_of_two_drops_then_success_across_a_restart(
 
 async def test_timeline_names_manual_triggers(state_dir: Path, scripted: Any, autojump_clock: Any) -> None:
     """Retry now, force retry and resume are recorded as what started the attempt."""
-    async with open_engine(state_dir, Settings(max_retries=0), kinds=[scripted]) as eng:
+    async with open_engine(state_dir, Settings(max_retries=0), kinds=[scripted], disk=INLINE_DISK) as eng:
         op = await eng.submit(ScriptedSpec(name="m", script=["fail:E_NET_TIMEOUT", "fail:E_AUTH", "hang", "ok"]))
         await settle(eng, op.id, Status.EXHAUSTED)
         await eng.retry_now(op.id)
@@ -102,7 +103,7 @@ async def test_history_buckets_after_a_scripted_mix(state_dir: Path, scripted: A
                                                    "ok"]),
         ScriptedSpec(name="d", script=["ok"]),
     ]
-    async with open_engine(state_dir, settings, kinds=[scripted]) as eng:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
         ops = [await eng.submit(s) for s in mix]
         finals = [await eng.wait(op.id) for op in ops]
         live = summarize(eng.history(hours=2))
@@ -115,7 +116,7 @@ async def test_history_buckets_after_a_scripted_mix(state_dir: Path, scripted: A
     assert live == expected
     stored = msgpack.unpackb((state_dir / "stats.msgpack").read_bytes())["stats"]
     assert "history" in stored and stored["total_operations"] == 4
-    async with open_engine(state_dir, settings, kinds=[scripted]) as eng:
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
         buckets = eng.history(hours=2)
         totals = eng.failure_totals()
     assert summarize(buckets) == expected

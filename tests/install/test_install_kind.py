@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from engine import InstallSpec, RefusedError, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._projects._install import InstallKind, _proc_stat, _stop_leftover
 
 PY = sys.executable
@@ -78,7 +79,7 @@ async def test_network_failures_in_output_are_retried_until_success(tmp_path: Pa
         print("Successfully installed torch")
         """)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             async with eng.subscribe() as sub:
                 op = await eng.submit(InstallSpec(argv=[PY, flaky]))
                 final = await eng.wait(op.id)
@@ -98,7 +99,7 @@ async def test_plain_error_fails_at_once_with_its_output(tmp_path: Path) -> None
         sys.exit(3)
         """)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, bad]))
             final = await eng.wait(op.id)
     assert final.status is Status.FAILED and final.retries_total == 0
@@ -113,7 +114,7 @@ async def test_timeout_is_a_network_timeout(tmp_path: Path) -> None:
     slow = script(tmp_path, "slow.py", "import time; print('downloading', flush=True); time.sleep(30)\n")
     started = time.monotonic()
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast(max_retries=0)) as eng:
+        async with open_engine(tmp_path / "state", fast(max_retries=0), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, slow], timeout_s=0.5))
             final = await eng.wait(op.id)
     assert final.status is Status.EXHAUSTED
@@ -127,7 +128,7 @@ async def test_pause_stops_the_whole_process_group(tmp_path: Path) -> None:
     pids_file = tmp_path / "pids"
     tree = script(tmp_path, "tree.py", TREE)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, tree, str(pids_file)]))
             pids = await read_pids(pids_file, 2)
             assert all(alive(pid) for pid in pids)
@@ -150,11 +151,11 @@ async def test_engine_shutdown_stops_the_whole_process_group(tmp_path: Path) -> 
     pids_file = tmp_path / "pids"
     tree = script(tmp_path, "tree.py", TREE)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, tree, str(pids_file)]))
             pids = await read_pids(pids_file, 2)
         assert not any(alive(pid) for pid in pids)
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             assert eng.get(op.id).status in (Status.PENDING, Status.IN_PROGRESS)
             pids_file.unlink(missing_ok=True)
             again = await read_pids(pids_file, 2)
@@ -172,7 +173,7 @@ async def test_sigterm_ignored_is_killed_within_a_second(tmp_path: Path) -> None
         time.sleep(60)
         """)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, stubborn]))
             [pid] = await read_pids(pids_file, 1)
             t0 = trio.current_time()
@@ -185,7 +186,7 @@ async def test_sigterm_ignored_is_killed_within_a_second(tmp_path: Path) -> None
 async def test_command_not_found_names_it(tmp_path: Path) -> None:
     """A command that cannot be found is a clear E_INSTALL_FAILED naming it."""
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=["no-such-tool-xyz", "install"]))
             final = await eng.wait(op.id)
     assert final.status is Status.FAILED and final.retries_total == 0
@@ -204,7 +205,7 @@ async def test_cwd_and_env_are_applied(tmp_path: Path) -> None:
         print(os.environ["MY_FLAG"], "PATH" in os.environ)
         """)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, show], cwd=str(work), env={"MY_FLAG": "on"}))
             final = await eng.wait(op.id)
     assert final.status is Status.SUCCESS
@@ -215,7 +216,7 @@ async def test_cwd_and_env_are_applied(tmp_path: Path) -> None:
 async def test_missing_cwd_fails_clearly(tmp_path: Path) -> None:
     """A working directory that does not exist (yet) fails the attempt naming it."""
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, "-c", "pass"], cwd=str(tmp_path / "nope")))
             final = await eng.wait(op.id)
     assert final.error is not None and final.error.code == "E_INSTALL_FAILED"
@@ -232,7 +233,7 @@ async def test_output_tail_keeps_the_last_200_lines(tmp_path: Path) -> None:
         sys.stdout.write("no newline at the end")
         """)
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             op = await eng.submit(InstallSpec(argv=[PY, chatty]))
             final = await eng.wait(op.id)
     tail = final.output_tail
@@ -283,7 +284,7 @@ def attrs_evolve(spec: Any, **kw: Any) -> Any:
 async def test_same_command_in_the_same_folder_is_one_operation(tmp_path: Path) -> None:
     """Submitting the same argv and cwd while it runs returns the live operation."""
     with trio.fail_after(20):
-        async with open_engine(tmp_path / "state", fast()) as eng:
+        async with open_engine(tmp_path / "state", fast(), disk=INLINE_DISK) as eng:
             spec = InstallSpec(argv=[PY, "-c", "import time; time.sleep(30)"], cwd=str(tmp_path))
             first = await eng.submit(spec)
             second = await eng.submit(spec)

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from engine import DownloadSpec, InstallSpec, ProjectSpec, RefusedError, Settings, Status, open_engine
+from engine.testing import INLINE_DISK
 from engine._convert import converter
 from engine._engine import builtin_kinds
 from engine.testing import FaultServer, Faults, content_sha256
@@ -82,7 +83,7 @@ async def test_steps_run_in_order_with_step_progress(server: FaultServer, tmp_pa
         append(counter, "step4"),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path), disk=INLINE_DISK) as eng:
             events = await run_watching(eng, spec)
             final = eng.list()[-1]
     assert final.status is Status.SUCCESS and final.kind == "project", final.error
@@ -115,7 +116,7 @@ async def test_each_step_has_its_own_retry_budget(tmp_path: Path) -> None:
         InstallSpec(argv=[PY, str(flaky), "two"], cwd=str(work)),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=2)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=2), disk=INLINE_DISK) as eng:
             events = await run_watching(eng, spec)
             final = eng.list()[-1]
     assert final.status is Status.SUCCESS and final.retries_total == 4, final.error
@@ -141,7 +142,7 @@ async def test_failed_step_is_named_and_force_retry_continues_there(server: Faul
         append(counter, "step3"),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path), disk=INLINE_DISK) as eng:
             op = await eng.submit(spec)
             failed = await eng.wait(op.id)
             assert failed.status is Status.FAILED and failed.retries_total == 0
@@ -167,7 +168,7 @@ async def test_pause_resumes_the_running_download_step_from_its_offset(server: F
         append(counter, "step3"),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path, checkpoint_interval_s=0.1)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path, checkpoint_interval_s=0.1), disk=INLINE_DISK) as eng:
             op = await eng.submit(spec)
             with trio.fail_after(10):
                 while eng.get(op.id).step != 2 or eng.get(op.id).bytes_done < 100_000:
@@ -195,7 +196,7 @@ async def test_cancel_discards_only_the_running_step(server: FaultServer, tmp_pa
         DownloadSpec(url=server.base_url + "/slow.bin", dest=str(slow)),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path, checkpoint_interval_s=0.1)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path, checkpoint_interval_s=0.1), disk=INLINE_DISK) as eng:
             op = await eng.submit(spec)
             with trio.fail_after(10):
                 while not slow.with_name("slow.bin.part").exists() or eng.get(op.id).bytes_done < 50_000:
@@ -219,11 +220,11 @@ async def test_restart_continues_at_the_first_unfinished_step(server: FaultServe
         append(counter, "step4"),
     ])
     with trio.fail_after(30):
-        async with open_engine(tmp_path / "state", fast(tmp_path)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path), disk=INLINE_DISK) as eng:
             op = await eng.submit(spec)
             while "step3 started" not in lines(counter):
                 await trio.sleep(0.01)
-        async with open_engine(tmp_path / "state", fast(tmp_path)) as eng:
+        async with open_engine(tmp_path / "state", fast(tmp_path), disk=INLINE_DISK) as eng:
             loaded = eng.get(op.id)  # the view knows the step before any progress report
             final = await eng.wait(op.id)
     assert (loaded.step, loaded.steps_done, loaded.steps_total) == (3, 2, 4)
@@ -279,7 +280,7 @@ async def test_each_step_asks_its_own_scope_s_breaker(tmp_path, autojump_clock) 
     settings = Settings(breaker_failure_threshold=1, initial_delay_s=1000)
     marker = tmp_path / "ran"
     step = InstallSpec(argv=["true"], scope="index")
-    async with open_engine(tmp_path / "state", settings, kinds=[kind]) as eng:
+    async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
         opener = await eng.submit(ScriptedSpec(name="opener", script=["fail:E_NET_UNREACHABLE", "ok"],
                                                scope="index"))
         while eng.get(opener.id).status is not Status.RECOVERING:
