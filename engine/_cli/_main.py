@@ -56,4 +56,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The console script: `main`, then exit with its code, whatever Ctrl-C does meanwhile.
+
+    A SIGINT can still be on its way when the command has finished: trio hands a
+    signal its receiver never consumed back to Python's handler as the receiver
+    closes, and a key pressed twice lands after the first one was handled. A
+    ``KeyboardInterrupt`` raised outside `main`'s own handler would make CPython
+    end the process by SIGINT (status -2, no exit code, and a traceback if it
+    lands in the interpreter's shutdown). So a late one still means "interrupted",
+    and once the exit code is known further Ctrl-C is ignored.
+    """
+    import signal
+
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread (embedded): nothing to protect
+        pass
+    sys.exit(code)
