@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +30,12 @@ KILLS = 4
 # - one burst of lateness: a checkpoint that fell due is taken when the next chunk arrives,
 #   and chunks arrive in those 256 KiB bursts (every 16 ms at 16 MiB/s);
 # - the checkpoint itself: bytes that arrive during the fsync of the .part and the atomic
-#   snapshot write. That takes about 5 ms on a local disk; 50 ms are allowed for a loaded
-#   CI machine.
-# The sum (1.3 MiB) is well under a second interval (4 MiB): a kill that repeated two
-# intervals would fail.
+#   snapshot write. That takes about 5 ms on an idle local disk, but on a shared CI machine
+#   with the other core busy it was seen near 90 ms; 150 ms are allowed.
+# The sum (2.9 MiB) is still well under a second interval (4 MiB): a kill that repeated
+# two intervals would fail.
 BURST = 256 * 1024
-SLACK = 2 * BURST + int(RATE_BPS * 0.05)
+SLACK = 2 * BURST + int(RATE_BPS * 0.15)
 BOUND = int(RATE_BPS * CHECKPOINT_S) + SLACK
 
 ENV = {**os.environ, "COLUMNS": "250"}
@@ -52,6 +52,14 @@ def server() -> Iterator[FaultServer]:
 def overlaps(records: tuple[RequestRecord, ...]) -> list[int]:
     """Per request, how many of the bytes it sent an earlier request had already sent."""
     return refetched((r.range_start, r.bytes_sent) for r in records)
+
+
+def wait_until_booked(records: Callable[[], tuple[RequestRecord, ...]], limit_s: float = 10.0) -> None:
+    """Wait (bounded) until no request of the path is still sending: its byte count is final."""
+    deadline = time.monotonic() + limit_s
+    while any(r.outcome in ("sending", "stalled") for r in records()):
+        assert time.monotonic() < deadline, "the server never noticed the killed client"
+        time.sleep(0.01)
 
 
 def test_overlap_accounting() -> None:
@@ -88,7 +96,7 @@ def test_kill_9_repeats_at_most_one_checkpoint_interval(server: FaultServer, tmp
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL, f"finished before the kill (seed {seed})"
-        time.sleep(0.05)  # let the server notice the dead connection and book the last bytes
+        wait_until_booked(records)  # the server noticed the dead connection and booked its last bytes
         runs.append(range(before, len(records())))
 
     before = len(records())
