@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from engine import _platform
 
 __all__ = [
     "filesystem_of",
@@ -25,9 +26,8 @@ __all__ = [
 
 def peak_rss_mib() -> float:
     """This process's peak resident set size so far, in MiB (``getrusage`` high-water mark)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    peak = _platform.process_usage()[2]
+    return float("nan") if peak is None else peak / (1024 * 1024)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

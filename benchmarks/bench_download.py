@@ -48,7 +48,6 @@ import argparse
 import hashlib
 import logging
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -67,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import filesystem_of, print_table  # noqa: E402
 from _servers import fault_server, fetch_stats, static_server  # noqa: E402
 
-from engine import DownloadSpec, Settings, Status, open_engine  # noqa: E402
+from engine import DownloadSpec, Settings, Status, _platform, open_engine  # noqa: E402
 from engine.testing import content_sha256, refetched  # noqa: E402
 
 MIB = 1024 * 1024
@@ -107,8 +106,8 @@ def _timed(run: Callable[[], Any]) -> float:
 
 def _cpu_s() -> float:
     """CPU seconds (user + system) of this process and its finished children so far."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    mine, children, _ = _platform.process_usage()
+    return mine + children
 
 
 def run_curl(url: str, dest: Path, *, sync: bool = False) -> float:

@@ -22,7 +22,7 @@ from ._durable import (close_dir, dir_sync_supported, fsync_dir, fsync_file, has
 from ._lock import LockHeld, StateLock, acquire as acquire_lock, lock_kind, lock_open_file
 from ._net import rcvlowat_supported, set_rcvlowat, unsent_bytes
 from ._paths import FsStats, case_insensitive, statvfs, default_state_dir, long_path, resource_path
-from ._process import (group_members, own_group, pid_alive, proc_stat, resolve_command, signal_group,
+from ._process import (group_members, own_group, pid_alive, proc_stat, process_usage, resolve_command, signal_group,
                        spawn_group_kwargs)
 from ._select import FALLBACKS, force_fallback, forced
 
@@ -30,6 +30,6 @@ __all__ = [
     "FALLBACKS", "FsStats", "statvfs", "LockHeld", "StateLock", "acquire_lock", "case_insensitive", "close_dir", "default_state_dir",
     "dir_sync_supported", "force_fallback", "forced", "fsync_dir", "fsync_file", "group_members",
     "has_syncfs", "interrupt_signals", "lock_kind", "lock_open_file", "long_path", "open_dir", "own_group", "pid_alive",
-    "pread", "proc_stat", "pwrite", "rcvlowat_supported", "resolve_command", "resource_path",
+    "pread", "proc_stat", "process_usage", "pwrite", "rcvlowat_supported", "resolve_command", "resource_path",
     "set_rcvlowat", "signal_group", "spawn_group_kwargs", "syncfs", "terminate_signals", "unsent_bytes",
 ]

@@ -23,8 +23,25 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["group_members", "own_group", "pid_alive", "proc_stat", "resolve_command", "signal_group",
-           "spawn_group_kwargs"]
+__all__ = ["group_members", "own_group", "pid_alive", "proc_stat", "process_usage", "resolve_command",
+           "signal_group", "spawn_group_kwargs"]
+
+
+def process_usage() -> tuple[float, float, int | None]:
+    """CPU seconds of this process, of its finished children, and its peak resident bytes.
+
+    POSIX: ``getrusage`` (``ru_maxrss`` is KiB on Linux, bytes on macOS).
+    Windows: this process's CPU time only; children and peak memory are unknown (0.0, None).
+    """
+    if sys.platform == "win32":
+        import time
+
+        return time.process_time(), 0.0, None
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = me.ru_maxrss if sys.platform == "darwin" else me.ru_maxrss * 1024
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, peak
 
 
 def spawn_group_kwargs() -> dict[str, Any]:
