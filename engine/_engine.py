@@ -25,6 +25,7 @@ import trio
 from supervisors import ActorGone, Supervisor, open_supervisor
 
 from ._breaker import BreakerActor, BreakerState
+from . import _platform
 from ._disk import THREADS, DiskWork
 from ._convert import converter
 from ._errors import ErrorInfo, RefusedError
@@ -152,8 +153,14 @@ class Engine:
         return await self._breaker.states()
 
     def find(self, resource: str) -> Operation | None:
-        """The operation that owns ``resource`` (e.g. a destination path), if any."""
+        """The operation that owns ``resource`` (e.g. a destination path), if any.
+
+        A path is matched as the kinds key it: case-folded where its folder's file
+        system ignores case (``Model.safetensors`` finds ``model.safetensors`` there).
+        """
         op_id = self._by_resource.get(resource)
+        if op_id is None:
+            op_id = self._by_resource.get(_platform.resource_path(resource))
         return self._ops[op_id].view() if op_id in self._ops else None
 
     # -- submitting and controlling -----------------------------------------------

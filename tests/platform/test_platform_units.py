@@ -141,3 +141,23 @@ def test_pid_alive_tells_a_running_process_from_a_reaped_one() -> None:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     assert _platform.pid_alive(os.getpid()) is True
     assert _platform.pid_alive(int(done.stdout)) is False
+
+
+async def test_engine_treats_case_variants_as_one_file_where_the_folder_ignores_case(
+        tmp_path: Path, forcing: Any, autojump_clock: Any) -> None:
+    """Forced case-insensitive: Model/model downloads are one operation, and find() folds case."""
+    from engine import open_engine
+    from engine.testing import INLINE_DISK, FaultServer, Faults
+
+    forcing("case")
+    (tmp_path / "models").mkdir()
+    server = FaultServer()
+    async with server.running():
+        url = server.url("/files/m.bin", size=4096, faults=Faults(stall_after=1024, stall_s=600))
+        async with open_engine(tmp_path / "state", disk=INLINE_DISK) as eng:
+            first = await eng.submit(DownloadSpec(url=url, dest=str(tmp_path / "models" / "Model.safetensors")))
+            again = await eng.submit(DownloadSpec(url=url, dest=str(tmp_path / "models" / "model.safetensors")))
+            assert again.id == first.id
+            found = eng.find(str(tmp_path / "models" / "MODEL.SAFETENSORS"))
+            assert found is not None and found.id == first.id
+            await eng.cancel(first.id)
