@@ -39,6 +39,13 @@ class Settings:
     breaker_half_open_probes: int = 1
     max_concurrent: int = 3
     max_per_host: int = 2
+    #: Connections for one download (1 = never split) and across one host (SPEC 6.2).
+    max_connections: int = 16
+    max_connections_per_host: int = 16
+    #: No segment is split below this many bytes.
+    min_segment_bytes: int = 8 * 1024 * 1024
+    #: The engine's total receive rate in bytes per second; 0 = unlimited.
+    max_download_rate_bps: int = 0
     checkpoint_interval_s: float = 1.0
     connect_timeout_s: float = 10.0
     stall_timeout_s: float = 30.0
@@ -70,6 +77,10 @@ class Settings:
         _check("breaker_half_open_probes", self.breaker_half_open_probes >= 1, "must be at least 1")
         _check("max_concurrent", self.max_concurrent >= 1, "must be at least 1")
         _check("max_per_host", self.max_per_host >= 1, "must be at least 1")
+        _check("max_connections", self.max_connections >= 1, "must be at least 1")
+        _check("max_connections_per_host", self.max_connections_per_host >= 1, "must be at least 1")
+        _check("min_segment_bytes", self.min_segment_bytes >= 1, "must be at least 1")
+        _check("max_download_rate_bps", self.max_download_rate_bps >= 0, "cannot be negative (0 = unlimited)")
         _check("checkpoint_interval_s", self.checkpoint_interval_s > 0, "must be above 0")
         _check("connect_timeout_s", self.connect_timeout_s > 0, "must be above 0")
         _check("stall_timeout_s", self.stall_timeout_s > 0, "must be above 0")
