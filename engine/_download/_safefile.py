@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from .. import _platform
+from .._clocks import under_mock_clock
 from .._errors import AttemptFailed, failure
 from ._part import fsync_dir
 
@@ -49,6 +50,7 @@ log = logging.getLogger("engine.download")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HASH_CHUNK = 1024 * 1024
+_HASH_STEP = 64 * _HASH_CHUNK  # per trip to the worker thread: well under a second
 
 
 def _why_not_ours(st: os.stat_result) -> str | None:
@@ -171,18 +173,39 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 async def file_matches_sha256(path: Path, sha256: str) -> bool:
-    """Whether the regular file at ``path`` has this sha256 (read in chunks, yielding between them)."""
+    """Whether the regular file at ``path`` has this sha256.
+
+    The file is read and hashed in a worker thread (inline under a test's mock
+    clock, like every other disk wait: see ``engine._clocks``), `_HASH_STEP`
+    bytes per trip, so the event loop keeps running and a pause or cancel
+    stops the check between trips.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | _CLOEXEC)
     except OSError:
         return False
+    hasher = hashlib.sha256()
+
+    def step() -> bool:
+        """Hash up to `_HASH_STEP` more bytes; False at the end of the file."""
+        done = 0
+        while done < _HASH_STEP:
+            chunk = os.read(fd, _HASH_CHUNK)
+            if not chunk:
+                return False
+            hasher.update(chunk)
+            done += len(chunk)
+        return True
+
+    inline = under_mock_clock()
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        hasher = hashlib.sha256()
-        while chunk := os.read(fd, _HASH_CHUNK):
-            hasher.update(chunk)
+        while True:
             await trio.lowlevel.checkpoint()
+            more = step() if inline else await trio.to_thread.run_sync(step)
+            if not more:
+                break
     except OSError:
         return False
     finally:
@@ -228,16 +251,28 @@ def still_complete(done: Any, state: Mapping[str, Any], spec: Any) -> bool:
     """Whether a recorded success of the download ``done`` answers a new submission ``spec``.
 
     The URL must be the same (and the sha256, when the new one gives one),
-    and the file must still be the one the engine wrote: same size, and same
-    modification time and inode when those were recorded.
+    and the file must still be the one the engine wrote, with the recorded
+    size: the same size, modification time and inode; or, when only its
+    modification time changed (a ``touch``, a backup tool), the same inode
+    and size, unless the new submission gives a sha256, which a new
+    operation then checks against the file (`complete_at_once`) instead.
+    A file of another inode is not the engine's: the new operation refuses
+    it with ``E_EXISTS`` (or accepts it when it matches the sha256).
     """
     if spec.url != done.url or (spec.sha256 and spec.sha256 != done.sha256):
         return False
     target = Path(state.get("final_dest") or done.dest)
+    try:
+        if not stat.S_ISREG(os.stat(target).st_mode):
+            return False
+    except OSError:
+        return False
     now = file_identity(target)
-    if now is None or not stat.S_ISREG(os.stat(target).st_mode):
+    if now is None:
         return False
     recorded = state.get("file")
     if isinstance(recorded, list) and len(recorded) == 3:
-        return now == recorded
+        if now == recorded:
+            return True
+        return now[0] == recorded[0] and now[2] == recorded[2] and not spec.sha256
     return now[0] == state.get("total")
