@@ -245,7 +245,7 @@ class DownloadKind:
         if _finish_recorded_completion(dest, part, ctx.state, spec.overwrite):
             await trio.lowlevel.checkpoint()
             return
-        done = await complete_at_once(dest, spec.sha256, overwrite=spec.overwrite)
+        done = await complete_at_once(dest, spec.sha256, overwrite=spec.overwrite, disk=ctx.disk)
         if done is not None:  # the file is there already and matches its sha256
             ctx.state.clear()
             ctx.state.update(offset=done[0], total=done[0], complete=True, file=list(done))

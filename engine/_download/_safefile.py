@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from .. import _platform
-from .._clocks import under_mock_clock
+from .._disk import THREADS, DiskWork
 from .._errors import AttemptFailed, failure
 from ._part import fsync_dir
 
@@ -172,11 +172,11 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-async def file_matches_sha256(path: Path, sha256: str) -> bool:
+async def file_matches_sha256(path: Path, sha256: str, *, disk: DiskWork = THREADS) -> bool:
     """Whether the regular file at ``path`` has this sha256.
 
-    The file is read and hashed in a worker thread (inline under a test's mock
-    clock, like every other disk wait: see ``engine._clocks``), `_HASH_STEP`
+    The file is read and hashed through the engine's ``disk`` work (a helper
+    thread by default, like every other disk wait: see ``engine._disk``), `_HASH_STEP`
     bytes per trip, so the event loop keeps running and a pause or cancel
     stops the check between trips.
     """
@@ -197,13 +197,12 @@ async def file_matches_sha256(path: Path, sha256: str) -> bool:
             done += len(chunk)
         return True
 
-    inline = under_mock_clock()
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
         while True:
             await trio.lowlevel.checkpoint()
-            more = step() if inline else await trio.to_thread.run_sync(step)
+            more = await disk.run(step)
             if not more:
                 break
     except OSError:
@@ -231,7 +230,9 @@ def recorded_part_ready(part: Path, size: Any) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
-async def complete_at_once(dest: Path, sha256: str | None, *, overwrite: bool) -> list[int] | None:
+async def complete_at_once(
+    dest: Path, sha256: str | None, *, overwrite: bool, disk: DiskWork = THREADS,
+) -> list[int] | None:
     """Decide about a file already at ``dest`` before any request.
 
     Returns its identity when it matches the given ``sha256`` (the download
@@ -240,7 +241,7 @@ async def complete_at_once(dest: Path, sha256: str | None, *, overwrite: bool) -
     """
     if not os.path.lexists(dest):
         return None
-    if sha256 and await file_matches_sha256(dest, sha256):
+    if sha256 and await file_matches_sha256(dest, sha256, disk=disk):
         return file_identity(dest)
     if overwrite:
         return None
