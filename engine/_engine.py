@@ -44,6 +44,15 @@ __all__ = ["Engine", "builtin_kinds", "open_engine"]
 
 log = logging.getLogger("engine")
 
+
+def _first_mention(described: Mapping[str, Any]) -> str:
+    """What the log says of an operation the first time: its (redacted) URL and destination."""
+    url, dest = described.get("url"), described.get("dest")
+    if url or dest:
+        return f"{url or '?'} -> {dest or '?'}"
+    name = described.get("name") or described.get("argv") or ""
+    return str(name)[:200]
+
 _STATS_FLUSH_S = 1.0
 
 
@@ -89,6 +98,7 @@ class Engine:
     _disk: DiskWork = THREADS
     _events: EventBus = attrs.Factory(EventBus)
     _stats: StatsCounter = attrs.Factory(StatsCounter)
+    _live_attempts: dict[int, AttemptContext] = attrs.Factory(dict)  # running attempts, for live counters
     _history: History = attrs.Factory(History)
     _ops: dict[str, OpActor] = attrs.Factory(dict)
     _by_resource: dict[str, str] = attrs.Factory(dict)
@@ -138,7 +148,9 @@ class Engine:
     def statistics(self) -> Statistics:
         """The statistics of SPEC section 10."""
         active = sum(1 for op in self._ops.values() if op.status in ACTIVE)
-        return self._stats.snapshot(active)
+        failed = sum(1 for op in self._ops.values() if op.status in (Status.FAILED, Status.EXHAUSTED))
+        in_flight = sum(ctx.bytes_received for ctx in self._live_attempts.values())
+        return self._stats.snapshot(active, failed_now=failed, bytes_in_flight=in_flight)
 
     def history(self, hours: int = 24) -> builtins.list[HistoryBucket]:
         """The hourly history of SPEC 10.1 for the last ``hours`` hours (1..720), oldest first."""
@@ -186,7 +198,9 @@ class Engine:
         self._stats.total_operations += 1
         self._stats_dirty = True
         op.save()
-        self._events.publish("submitted", op.id, kind=kind.name, spec=kind.describe(spec))
+        described = kind.describe(spec)
+        self._events.publish("submitted", op.id, kind=kind.name, spec=described)
+        log.info("op %s: new %s: %s", op.id, kind.name, _first_mention(described))
         self._start_actor(op)
         self._trim_history()
         return op.view()
@@ -327,11 +341,13 @@ class Engine:
         self._supervisor.start_soon(op.run, name=op.id)
 
     def _make_context(self, op: OpActor) -> AttemptContext:
-        return AttemptContext(
+        ctx = AttemptContext(
             op.id, op.spec, op.state, op.retries, self._http,
             lambda: self._settings, op.on_progress, self._checkpoint_cb(op), self._step_cb(op),
             self._output_cb(op), trio.current_time, trio.current_time(), disk=self._disk,
         )
+        self._live_attempts[id(ctx)] = ctx  # counted live by statistics() until _account
+        return ctx
 
     def _checkpoint_cb(self, op: OpActor) -> Any:
         async def checkpoint() -> None:
@@ -358,6 +374,7 @@ class Engine:
         return output
 
     def _account(self, ctx: AttemptContext) -> None:
+        self._live_attempts.pop(id(ctx), None)
         self._stats.bytes_downloaded += ctx.bytes_received
         self._stats.bytes_discarded += ctx.bytes_discarded
         self._stats_dirty = True

@@ -78,8 +78,8 @@ ERRORS: Mapping[str, ErrorKind] = _kinds(
      "Check your internet connection; progress is kept and the next attempt resumes. "
      "If it keeps timing out, reduce concurrent operations."),
     ("E_NET_UNREACHABLE", "network", True,
-     "Check your internet connection, DNS and proxy settings, and that the host name "
-     "in the URL is spelled correctly."),
+     "Check your internet connection and proxy settings, and that the server in the URL "
+     "is up; the engine retries by itself."),
     ("E_NET_INTERRUPTED", "network", True,
      "Check your internet connection; progress is kept and the transfer resumes "
      "where it stopped on the next attempt."),
@@ -328,8 +328,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _made(code: str, exc: BaseException, detail: str | None = None) -> AttemptFailed:
-    return failure(code, f"{_PREFIX[code]}: {detail or _describe(exc)}")
+# Suggestions that fit the cause better than the code's general one (SPEC 4).
+_DNS_SUGGESTION = ("The host name could not be looked up: check that it is spelled correctly in the URL, "
+                   "and your internet connection and DNS settings.")
+_ERRNO_SUGGESTIONS: Mapping[int, str] = {
+    errno.ECONNREFUSED: "Nothing accepted the connection at that address and port: check that the server "
+                        "is running and the port in the URL is right; the engine retries by itself.",
+    errno.ENETUNREACH: "No network route to the server: check your internet connection, VPN and proxy.",
+    errno.EHOSTUNREACH: "The server's host cannot be reached: check your connection and that the host is up.",
+}
+
+
+def _made(code: str, exc: BaseException, detail: str | None = None, *,
+          suggestion: str | None = None) -> AttemptFailed:
+    if suggestion is None and isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        suggestion = _ERRNO_SUGGESTIONS.get(exc.errno or 0)
+    return AttemptFailed(error(code, f"{_PREFIX[code]}: {detail or _describe(exc)}", suggestion=suggestion))
 
 
 def _specific(exc: BaseException) -> AttemptFailed | None:
@@ -353,7 +367,8 @@ def _specific(exc: BaseException) -> AttemptFailed | None:
     if isinstance(exc, ssl.SSLError):
         return _made("E_TLS", exc)
     if isinstance(exc, (socket.gaierror, socket.herror)):
-        return _made("E_NET_UNREACHABLE", exc, f"DNS lookup failed ({_describe(exc)})")
+        return _made("E_NET_UNREACHABLE", exc, f"DNS lookup failed ({_describe(exc)})",
+                     suggestion=_DNS_SUGGESTION)
     if isinstance(exc, (TimeoutError, trio.TooSlowError)):
         return _made("E_NET_TIMEOUT", exc)
     if isinstance(exc, OSError) and (code := _ERRNO_CODES.get(exc.errno or 0)):

@@ -491,8 +491,9 @@ class OpActor:
             final = X if decision.exhausted else F
             self._set_status(final, error=err)
             self.save()
-            log.warning("op %s: %s with %s (attempt %d/%d): %s", self.id, final.value, err.code,
-                        self.retries, settings.max_retries, err.message)
+            log.warning("op %s: %s with %s (%s): %s", self.id, final.value, err.code,
+                        f"Attempt {self.retries}/{settings.max_retries}" if self.retries else "not retried",
+                        err.message)
             return
         self.retries = decision.retry
         self.retries_total += 1
@@ -513,7 +514,7 @@ class OpActor:
             "retry_scheduled", self.id, attempt=decision.retry, max_retries=settings.max_retries,
             delay_s=round(decision.delay_s, 3), next_retry_at=self.next_retry_at, error=err.to_dict(),
         )
-        log.warning("op %s: retry %d/%d in %.2fs after %s: %s", self.id, decision.retry,
+        log.warning("op %s: Attempt %d/%d in %.1fs after %s: %s", self.id, decision.retry,
                     settings.max_retries, decision.delay_s, err.code, err.message)
 
     # -- callbacks from the attempt context ------------------------------------------
@@ -530,7 +531,7 @@ class OpActor:
             # the failure it recovered from readable as last_error (SPEC 2.1).
             self._attempt_start_bytes = None
             self._set_status(I)
-            log.info("op %s: recovering -> in_progress: attempt %d/%d is making progress",
+            log.info("op %s: recovering -> in_progress: Attempt %d/%d is making progress",
                      self.id, self.retries, self.services.settings.max_retries)
         self._rate.add(now, bytes_done)
         self.rate_bps = self._rate.rate(now)

@@ -16,7 +16,7 @@ class Statistics:
     total_operations: int = 0
     recovered_operations: int = 0
     failed_operations: int = 0
-    average_recovery_time_s: float = 0.0
+    average_recovery_time_s: float | None = None  # None while nothing has recovered
     retry_attempts: int = 0
     success_operations: int = 0
     active_operations: int = 0
@@ -55,18 +55,23 @@ class StatsCounter:
             self.recovered_operations += 1
             self.recovery_time_total_s += max(0.0, recovery_time_s)
 
-    def snapshot(self, active_operations: int) -> Statistics:
-        avg = (self.recovery_time_total_s / self.recovered_operations
-               if self.recovered_operations else 0.0)
+    def snapshot(self, active_operations: int, *, failed_now: int | None = None,
+                 bytes_in_flight: int = 0) -> Statistics:
+        """The record of SPEC 10. ``failed_now`` is how many operations are failed or
+        exhausted at this moment (the persisted counter is all-time, for history);
+        ``bytes_in_flight`` what running attempts received so far, so the figure
+        moves during a transfer, not only when it ends."""
+        avg = (round(self.recovery_time_total_s / self.recovered_operations, 3)
+               if self.recovered_operations else None)
         return Statistics(
             total_operations=self.total_operations,
             recovered_operations=self.recovered_operations,
-            failed_operations=self.failed_operations,
-            average_recovery_time_s=round(avg, 3),
+            failed_operations=self.failed_operations if failed_now is None else failed_now,
+            average_recovery_time_s=avg,
             retry_attempts=self.retry_attempts,
             success_operations=self.success_operations,
             active_operations=active_operations,
-            bytes_downloaded=self.bytes_downloaded,
+            bytes_downloaded=self.bytes_downloaded + bytes_in_flight,
             bytes_discarded=self.bytes_discarded,
             errors_by_code=dict(self.errors_by_code),
             breaker_trips=self.breaker_trips,

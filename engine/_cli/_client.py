@@ -290,7 +290,7 @@ def _show_mapping(data: dict[str, Any], *, stats: bool = False) -> None:
     for key, value in data.items():
         if stats and key.startswith("bytes_"):
             value = f"{_size(value)} ({value} bytes)"
-        elif stats and key == "average_recovery_time_s":
+        elif stats and key == "average_recovery_time_s" and value is not None:
             value = f"{value:.1f}s"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"

@@ -1,8 +1,14 @@
-"""Terminal display for running operations: rich progress bars, or JSON lines.
+"""Terminal display for running operations (SPEC 13): bars that fit, plain lines, JSON lines.
 
-The bars show name, progress, size, rate, ETA and a status column that
-reads ``Attempt 2/5 · retry in 12s`` while recovering, so a person can see
-that the engine is working on it rather than stuck.
+Each operation is one bar line (name, bar, percent, size, rate, ETA, ``xN``
+connections) and at most one status line (``recovering · Attempt 2/5 · retry
+in 3s · Connection refused…``), both cut to the terminal's width so nothing
+wraps from 60 columns up. Its destination is printed once, when it first
+appears; the suggestion once, when it fails. When the output is not a
+terminal, `PlainLines` prints a line per operation at every status change
+and at least every 5 s. Every display reads operation views as plain dicts
+(``Operation.to_dict()`` or the API's JSON), so the embedded engine and a
+joined ``serve`` look the same.
 """
 
 from __future__ import annotations
@@ -10,126 +16,278 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Mapping, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+from .._units import human_bytes, human_duration, human_rate
 
-from .._model import Operation, Status
+__all__ = ["JsonLines", "PlainLines", "ProgressDisplay", "bar_line", "describe_status", "make_display",
+           "op_label", "status_line"]
 
-__all__ = ["JsonLines", "ProgressDisplay", "describe_status", "op_label"]
+View = Mapping[str, Any]
 
 _STYLE = {
-    Status.PENDING: "dim", Status.IN_PROGRESS: "cyan", Status.RECOVERING: "yellow",
-    Status.PAUSED: "magenta", Status.SUCCESS: "green", Status.FAILED: "red",
-    Status.EXHAUSTED: "red", Status.CANCELLED: "dim",
+    "pending": "dim", "in_progress": "cyan", "recovering": "yellow", "paused": "magenta",
+    "success": "green", "failed": "red", "exhausted": "red", "cancelled": "dim",
 }
+_SETTLED = frozenset({"success", "failed", "exhausted", "cancelled"})
+PLAIN_EVERY_S = 5.0
 
 
-def op_label(op: Operation) -> str:
-    """A short human name for an operation: file name, project name or argv[0]."""
-    spec = op.spec
+def op_label(op: View) -> str:
+    """A short human name for an operation: file name, project name or argv."""
+    spec = op.get("spec") or {}
     for key in ("dest", "name"):
         value = spec.get(key)
         if isinstance(value, str) and value:
-            return value.rstrip("/").rsplit("/", 1)[-1]
+            return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
     argv = spec.get("argv")
     if isinstance(argv, list) and argv:
         return " ".join(str(a) for a in argv)[:40]
-    return op.id
+    url = spec.get("url")
+    if isinstance(url, str) and url:
+        return url.rstrip("/").rsplit("/", 1)[-1] or url
+    return str(op.get("id", "?"))
 
 
-def describe_status(op: Operation, now: float | None = None) -> str:
-    """One line: status, attempt counter and countdown, or the error."""
+def destination(op: View) -> str | None:
+    """Where the operation writes (a download's file, a project's or install's folder)."""
+    spec = op.get("spec") or {}
+    for key in ("dest", "cwd", "path", "root"):
+        value = spec.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells, ending in ``…`` when cut."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…"
+
+
+def _connections(op: View) -> int:
+    try:
+        return int(op.get("connections") or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def describe_status(op: View, now: float | None = None) -> str:
+    """The status line without the message: status, step, ``Attempt n/N``, countdown."""
     now = time.time() if now is None else now
-    parts = [op.status.value.replace("_", " ")]
-    if op.steps_total:
-        parts.append(f"step {min((op.steps_done or 0) + 1, op.steps_total)}/{op.steps_total}")
-    if op.status is Status.RECOVERING or (op.attempt and op.status is Status.IN_PROGRESS):
-        parts.append(f"Attempt {op.attempt}/{op.max_retries}")
-    if op.status is Status.RECOVERING and op.next_retry_at:
-        wait = op.next_retry_at - now
-        parts.append(f"retry in {wait:.0f}s" if wait >= 0.5 else "retrying")
-    if op.error is not None and op.status in (Status.RECOVERING, Status.FAILED, Status.EXHAUSTED):
-        parts.append(f"{op.error.code}")
+    status = str(op.get("status"))
+    parts = [status.replace("_", " ")]
+    if op.get("steps_total"):
+        total = op["steps_total"]
+        parts.append(f"step {min((op.get('steps_done') or 0) + 1, total)}/{total}")
+    attempt = op.get("attempt") or 0
+    if attempt and status in ("recovering", "in_progress", "failed", "exhausted"):
+        parts.append(f"Attempt {attempt}/{op.get('max_retries')}")
+    if status == "recovering":
+        nxt = op.get("next_retry_at")
+        if nxt:
+            wait = nxt - now
+            parts.append(f"retry in {human_duration(wait)}" if wait >= 0.5 else "retrying")
+        else:
+            parts.append("retrying")
+    elif status == "in_progress" and not (op.get("rate_bps") or 0) and (op.get("bytes_done") or 0):
+        parts.append("stalled")
     return " · ".join(parts)
 
 
-class _StatusColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        op: Operation | None = task.fields.get("op")
-        if op is None:
-            return Text("")
-        return Text(describe_status(op), style=_STYLE.get(op.status, ""))
+def status_line(op: View, width: int, now: float | None = None) -> str | None:
+    """The second line of an operation, or None when the bar says it all."""
+    status = str(op.get("status"))
+    head = describe_status(op, now)
+    err = op.get("error")
+    if status in ("recovering", "failed", "exhausted") and isinstance(err, Mapping):
+        head += f" · {err.get('message') or err.get('code')}"
+    elif status == "in_progress" and not op.get("attempt") and head == "in progress":
+        return None
+    elif status == "in_progress" and isinstance(op.get("last_error"), Mapping):
+        head += f" · recovered from {op['last_error'].get('code')}"
+    return fit("  " + head, width)
+
+
+def _figures(op: View) -> str:
+    done, total = op.get("bytes_done") or 0, op.get("bytes_total")
+    status = str(op.get("status"))
+    pieces = []
+    if total:
+        pieces.append(f"{done * 100 / total:5.1f}%")
+        pieces.append(f"{human_bytes(done)}/{human_bytes(total)}")
+    elif done:
+        pieces.append(human_bytes(done))
+    if status == "in_progress":
+        rate = op.get("rate_bps") or 0
+        pieces.append(human_rate(rate) if rate else "stalled" if done else "")
+        if op.get("eta_s") is not None:
+            pieces.append(f"ETA {human_duration(op['eta_s'])}")
+        n = _connections(op)
+        if n > 1:
+            pieces.append(f"x{n}")
+    return " ".join(p for p in pieces if p)
+
+
+def bar_line(op: View, width: int) -> str:
+    """``name  ━━━━━━╸       42.0% 12.0 MiB/28.6 MiB 20.1 MiB/s ETA 1s x4``, ``width`` cells at most."""
+    figures = _figures(op)
+    name_w = max(8, min(28, width // 3))
+    name = fit(op_label(op), name_w).ljust(name_w)
+    bar_w = width - name_w - len(figures) - 3
+    if bar_w < 6:  # narrow: drop the bar, keep the figures
+        return fit(f"{name} {figures}", width)
+    total, done = op.get("bytes_total"), op.get("bytes_done") or 0
+    frac = 1.0 if op.get("status") == "success" else (min(1.0, done / total) if total else 0.0)
+    filled = int(round(frac * bar_w))
+    bar = "━" * filled + " " * (bar_w - filled)
+    return fit(f"{name} {bar} {figures}", width)
+
+
+class _Announcer:
+    """Prints each operation's destination once, and the suggestion once on failure."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._told: set[str] = set()
+
+    def news(self, op: View) -> list[str]:
+        lines = []
+        op_id = str(op.get("id"))
+        if op_id not in self._seen:
+            self._seen.add(op_id)
+            dest = destination(op)
+            if dest:
+                lines.append(f"{op_label(op)} -> {dest}  (id {op_id})")
+        return lines
 
 
 class ProgressDisplay:
-    """Live bars for a set of operations; call `update` with fresh views."""
+    """Live bars on a terminal; `update` with fresh views, `summary` at the end."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}", justify="left"),
-            BarColumn(bar_width=None),
-            TextColumn("{task.percentage:>5.1f}%"),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            _StatusColumn(),
-            console=self.console,
-            transient=False,
-            refresh_per_second=8,
-        )
-        self._tasks: dict[str, TaskID] = {}
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True, highlight=False)
+        self._ops: dict[str, View] = {}
+        self._announce = _Announcer()
+        self._live: Any = None
 
     def __enter__(self) -> "ProgressDisplay":
-        self._progress.start()
+        from rich.live import Live
+
+        self._live = Live(self, console=self.console, refresh_per_second=8, transient=False,
+                          redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
-    def update(self, ops: Iterable[Operation]) -> None:
-        for op in ops:
-            task = self._tasks.get(op.id)
-            total = op.bytes_total if op.bytes_total else None
-            if task is None:
-                task = self._tasks[op.id] = self._progress.add_task(op_label(op), total=total, op=op)
-            self._progress.update(task, completed=op.bytes_done, total=total, op=op)
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.text import Text
 
-    def summary(self, ops: Iterable[Operation]) -> None:
-        """Print the outcome of each operation, with message and suggestion on failure."""
+        width = max(20, options.max_width)
+        now = time.time()
+        for op in self._ops.values():
+            style = _STYLE.get(str(op.get("status")), "")
+            yield Text(bar_line(op, width), no_wrap=True, overflow="crop")
+            second = status_line(op, width, now)
+            if second is not None:
+                yield Text(second, style=style, no_wrap=True, overflow="crop")
+
+    def update(self, ops: Iterable[View]) -> None:
         for op in ops:
-            label = op_label(op)
-            if op.status is Status.SUCCESS:
-                n = op.retries_total
-                extra = f" after {n} {'retry' if n == 1 else 'retries'}" if n else ""
-                self.console.print(f"[green]✓[/] {label}: done{extra}", highlight=False)
-            elif op.status is Status.PAUSED:
-                self.console.print(f"[magenta]‖[/] {label}: paused; run the same command again to resume",
-                                   highlight=False)
-            else:
-                self.console.print(f"[red]✗[/] {label}: {op.status.value}", highlight=False)
-                if op.error is not None:
-                    self.console.print(f"    {op.error.code}: {op.error.message}", highlight=False,
-                                       markup=False)
-                    self.console.print(f"    suggestion: {op.error.suggestion}", highlight=False,
-                                       markup=False)
-                if op.output_tail:
-                    self.console.print("    last output:", highlight=False)
-                    for line in op.output_tail[-10:]:
-                        self.console.print(f"      {line}", highlight=False, markup=False)
+            for line in self._announce.news(op):
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._ops[str(op.get("id"))] = op
+        if self._live is not None:
+            self._live.refresh()
+
+    def summary(self, ops: Iterable[View], *, interrupted: bool = False) -> None:
+        _summary(ops, lambda text, style="": self.console.print(text, style=style or None, markup=False,
+                                                                 highlight=False, soft_wrap=True),
+                 interrupted=interrupted)
+
+
+class PlainLines:
+    """Not a terminal: one plain line per operation at every status change and every 5 s."""
+
+    def __init__(self, stream: TextIO | None = None, every_s: float = PLAIN_EVERY_S) -> None:
+        self.stream = stream or sys.stderr
+        self.every_s = every_s
+        self._last: dict[str, tuple[str, float]] = {}
+        self._announce = _Announcer()
+
+    def __enter__(self) -> "PlainLines":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.flush()
+
+    def _write(self, text: str, style: str = "") -> None:
+        self.stream.write(text + "\n")
+
+    def update(self, ops: Iterable[View]) -> None:
+        now = time.monotonic()
+        wrote = False
+        for op in ops:
+            for line in self._announce.news(op):
+                self._write(line)
+                wrote = True
+            op_id, status = str(op.get("id")), str(op.get("status"))
+            last = self._last.get(op_id)
+            if last is None or last[0] != status or now - last[1] >= self.every_s:
+                self._last[op_id] = (status, now)
+                figures = _figures(op)
+                second = status_line(op, 400) or ""
+                self._write(f"{op_label(op)}: {second.strip() or describe_status(op)}"
+                            + (f" · {figures}" if figures else ""))
+                wrote = True
+        if wrote:
+            self.stream.flush()
+
+    def summary(self, ops: Iterable[View], *, interrupted: bool = False) -> None:
+        _summary(ops, self._write, interrupted=interrupted)
+        self.stream.flush()
+
+
+def _summary(ops: Iterable[View], write: Any, *, interrupted: bool) -> None:
+    """The outcome of each operation; message and suggestion (once) on failure."""
+    for op in ops:
+        label, status = op_label(op), str(op.get("status"))
+        if status == "success":
+            n = op.get("retries_total") or 0
+            extra = f" after {n} {'retry' if n == 1 else 'retries'}" if n else ""
+            write(f"✓ {label}: done{extra}", "green")
+        elif status == "paused":
+            if not interrupted:  # after Ctrl-C the runner says it once for all
+                write(f"‖ {label}: paused; run the same command again to resume", "magenta")
+        elif status in ("pending", "in_progress", "recovering"):
+            write(f"… {label}: {status.replace('_', ' ')}", "")
+        else:
+            write(f"✗ {label}: {status}", "red")
+            err = op.get("error")
+            if isinstance(err, Mapping):
+                write(f"    {err.get('code')}: {err.get('message')}", "")
+                write(f"    suggestion: {err.get('suggestion')}", "")
+            tail = op.get("output_tail") or []
+            if tail:
+                write("    last output:", "")
+                for line in list(tail)[-10:]:
+                    write(f"      {line}", "")
+
+
+def make_display(stream_is_terminal: bool | None = None) -> ProgressDisplay | PlainLines:
+    """Bars on a terminal, plain lines otherwise (both on stderr)."""
+    if stream_is_terminal is None:
+        stream_is_terminal = sys.stderr.isatty()
+    return ProgressDisplay() if stream_is_terminal else PlainLines()
 
 
 class JsonLines:

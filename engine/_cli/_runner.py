@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
-from ._display import JsonLines, ProgressDisplay
+from ._display import JsonLines, make_display
 from .._engine import Engine, open_engine
 from .._errors import RecoveryError, RefusedError, StateDirError
 from .._model import Operation, Status
@@ -125,20 +125,20 @@ async def run_specs(
                         except RefusedError:
                             pass
                 if sub is None:
-                    ProgressDisplay().summary(eng.get(i) for i in ids)
+                    make_display().summary((eng.get(i).to_dict() for i in ids), interrupted=True)
                 print("interrupted: paused; run the same command again to resume", file=sys.stderr)
                 return EXIT_INTERRUPTED
             ops = [eng.get(i) for i in ids]
             if sub is None:
-                ProgressDisplay().summary(ops)
+                make_display().summary(o.to_dict() for o in ops)
             return EXIT_OK if all(o.status is Status.SUCCESS for o in ops) else EXIT_FAILED
 
 
 async def _follow_bars(eng: Engine, ids: list[str]) -> None:
-    with ProgressDisplay() as display:
+    with make_display() as display:
         while True:
             ops = [eng.get(i) for i in ids]
-            display.update(ops)
+            display.update(o.to_dict() for o in ops)
             if all(o.settled for o in ops):
                 return
             await trio.sleep(0.1)

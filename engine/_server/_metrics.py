@@ -61,7 +61,7 @@ class _EngineCollector(Collector):
                                 value=s.active_operations)
         yield GaugeMetricFamily("recovery_average_recovery_time_seconds",
                                 "Mean time from first failure to success over recovered operations",
-                                value=s.average_recovery_time_s)
+                                value=s.average_recovery_time_s or 0.0)
         by_status = Counter(op.status for op in self._operations)
         statuses = GaugeMetricFamily("recovery_operations_by_status", "Known operations by status",
                                      labels=["status"])
