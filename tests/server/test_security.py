@@ -250,4 +250,4 @@ async def test_serve_logs_to_the_state_dir(serve, tmp_path, logging_restored):
         await api.wait_status(op.id, "success")
     text = path.read_text()
     assert f"control channel listening on {api.url}" in text
-    assert f"op {op.id}: retry 1/5" in text and "E_NET_TIMEOUT" in text
+    assert f"op {op.id}: Attempt 1/5" in text and "E_NET_TIMEOUT" in text
