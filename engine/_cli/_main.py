@@ -26,11 +26,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _version() -> str:
+    """The installed distribution's version (the source tree's when run from a checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("recovery-engine")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="recovery",
         description="Crash-safe, resumable downloads, installs and projects for model launchers.",
     )
+    parser.add_argument("--version", action="version", version=f"recovery {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         importlib.import_module(f"engine._cli.{name}").add_parsers(sub)

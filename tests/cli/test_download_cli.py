@@ -230,3 +230,13 @@ def test_ctrl_c_at_startup_never_shows_a_traceback(server: FaultServer, tmp_path
         assert proc.returncode in (130, 0), (proc.returncode, err)
     if proc.returncode == 130 and (tmp_path / "state" / "operations").exists():
         assert all(s["status"] in ("paused", "success") for s in snapshots(tmp_path / "state"))
+
+
+def test_version_prints_the_installed_version() -> None:
+    """``recovery --version`` names the installed distribution's version and exits 0."""
+    from importlib import metadata
+
+    out = subprocess.run([sys.executable, "-m", "engine", "--version"], capture_output=True, text=True,
+                         env=ENV, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"recovery {metadata.version('recovery-engine')}"
