@@ -195,7 +195,9 @@ def build_app(engine: Engine, *, token: str, allow_installs: bool = False,
 
     @handled
     async def get_settings(request: Request) -> Response:
-        return _json(engine.settings.to_dict())
+        # the root as resolved (null in settings.json means "the server's working directory"):
+        # what the dashboard shows, and what a PUT may send back unchanged
+        return _json({**engine.settings.to_dict(), "download_root": str(engine.settings.download_root_path)})
 
     @handled
     async def put_settings(request: Request) -> Response:

@@ -36,7 +36,7 @@
     checkpoint_interval_s: ["Checkpoint interval (s)", "how often progress is saved"],
     connect_timeout_s: ["Connect timeout (s)", ""],
     stall_timeout_s: ["Stall timeout (s)", "no byte for this long is a stall"],
-    download_root: ["Download root", "destinations must be inside it"],
+    download_root: ["Download root", "destinations must be inside it; set where the server starts"],
     history_limit: ["History limit", "finished operations kept"],
   };
   const RECONNECT_MIN_MS = 250;
@@ -426,6 +426,7 @@
         const [label, help] = SETTINGS_HELP[name] || [name, ""];
         input = el("input", { name, id: `setting-${name}`, type: "text", "data-setting": name,
                               inputmode: name === "download_root" ? null : "decimal", spellcheck: "false" });
+        if (name === "download_root") input.readOnly = true;  // the server refuses changes (403)
         grid.append(el("label", { class: "field", for: `setting-${name}` },
           el("span", { class: "setting-name", text: label }),
           input,

@@ -78,6 +78,7 @@ async def test_put_settings_cannot_change_download_root(api: Served, new_root: s
 async def test_put_settings_with_the_same_download_root_is_accepted(api: Served) -> None:
     """Sending the settings back unchanged (as a settings form does) is not a change."""
     current = (await api.client.get("/api/settings")).json()
+    assert current["download_root"] == str(api.engine.settings.download_root_path)  # shown resolved, never blank
     response = await api.client.put("/api/settings", json={**current, "max_retries": 4})
     assert response.status_code == 200, response.text
     assert response.json()["max_retries"] == 4 and response.json()["download_root"] == current["download_root"]
