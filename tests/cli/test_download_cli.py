@@ -221,13 +221,14 @@ def test_ctrl_c_at_startup_never_shows_a_traceback(server: FaultServer, tmp_path
         # first line of the engine ran: the interpreter reports that itself, no engine code
         # can catch it. A person cannot press Ctrl-C that early; the test can.
         return
-    assert "Traceback" not in err and "Traceback" not in out, err
+    seen = f"exit {proc.returncode}; stdout {out!r}; stderr {err!r}"  # all of it, for a rare failure
+    assert "Traceback" not in err and "Traceback" not in out, seen
     if proc.returncode == -signal.SIGINT:
         # The signal came before the interpreter installed any handler: the default action
         # ended the process, which a shell reports as 130, and nothing was printed or started.
-        assert not err and not out
+        assert not err and not out, seen
     else:
-        assert proc.returncode in (130, 0), (proc.returncode, err)
+        assert proc.returncode in (130, 0), seen
     if proc.returncode == 130 and (tmp_path / "state" / "operations").exists():
         assert all(s["status"] in ("paused", "success") for s in snapshots(tmp_path / "state"))
 
