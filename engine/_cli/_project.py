@@ -155,7 +155,18 @@ def _add_import(sub: Any) -> None:
     p.add_argument("workflow", type=Path, metavar="WORKFLOW.json", help="a workflow saved by ComfyUI")
     p.add_argument("--comfyui", type=Path, required=True, metavar="DIR", help="the ComfyUI folder")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what would be downloaded, skipped or refused, and the node packs; no network")
+                   help="print what would be downloaded, skipped, bypassed or refused, and the node packs; "
+                        "no download")
+    p.add_argument("--sizes", action="store_true",
+                   help="ask each missing model's URL for its size (HEAD, with the hub tokens) and print the "
+                        "total and the free space where the files go")
+    p.add_argument("--verify", action="store_true",
+                   help="hash the present files whose entry carries a sha256 'hash'; a mismatch is reported "
+                        "and the file left alone")
+    p.add_argument("--include-bypassed", action="store_true",
+                   help="also fetch the models of bypassed (mode 4) and muted (mode 2) nodes")
+    p.add_argument("--extra-model-paths", type=Path, default=None, metavar="FILE",
+                   help="ComfyUI's extra_model_paths.yaml to search (default: DIR/extra_model_paths.yaml)")
     add_restart_option(p)
     add_common_options(p)
     p.set_defaults(func=_import)
@@ -170,16 +181,26 @@ def _import(args: argparse.Namespace) -> int:
     try:
         if not comfy.is_dir():
             raise RefusedError("E_INVALID_INPUT", f"the ComfyUI folder {comfy} does not exist", field="comfyui")
-        plan = plan_import(args.workflow, comfy)
+        extra = args.extra_model_paths
+        if extra is not None and not extra.expanduser().is_file():
+            raise RefusedError("E_INVALID_INPUT", f"the extra model paths file {extra} does not exist",
+                               field="extra_model_paths")
+        plan = plan_import(args.workflow, comfy, include_bypassed=args.include_bypassed,
+                           extra_model_paths=extra, verify=args.verify)
     except RefusedError as exc:
         print(f"recovery: {exc.message}", file=sys.stderr)
         return 2
+    doc = plan.to_dict()
+    lines = plan_lines(plan)
+    if args.sizes:
+        size_text, doc["sizes"] = _sizes(plan, args)
+        lines += size_text
     if args.dry_run:
-        print(json.dumps(plan.to_dict()) if args.json else "\n".join(plan_lines(plan)), flush=True)
+        print(json.dumps(doc) if args.json else "\n".join(lines), flush=True)
         return 0
     if args.json:
-        print(json.dumps({"type": "import_plan", **plan.to_dict()}), flush=True)
-    print("\n".join(plan_lines(plan)), file=sys.stderr, flush=True)
+        print(json.dumps({"type": "import_plan", **doc}), flush=True)
+    print("\n".join(lines), file=sys.stderr, flush=True)
     name = import_project_name(args.workflow, comfy)
     if plan.downloads:
         # A rerun after a crash finds the first models present and plans fewer steps:
@@ -192,6 +213,19 @@ def _import(args: argparse.Namespace) -> int:
              "refused (listed above) and not downloaded")
         return 1
     return code
+
+
+def _sizes(plan: Any, args: argparse.Namespace) -> tuple[list[str], dict[str, object]]:
+    """``--sizes``: ask every missing model's size (with the credentials a download would use)."""
+    import trio
+
+    from .._download._credentials import CredentialStore
+    from .._projects._sizes import ask_sizes, size_lines
+    from .._store import default_state_dir
+
+    store = CredentialStore.in_state_dir(args.state_dir or default_state_dir())
+    answers = trio.run(lambda: ask_sizes(plan.downloads, credentials=store))
+    return size_lines(plan, answers)
 
 
 def _nothing_missing(name: str) -> Callable[[Engine, list[Any]], Any]:

@@ -42,15 +42,18 @@ import os
 import re
 import stat
 import unicodedata
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from .._download._hubs import HubEnv, hub_url
 from .._download._names import redact_url, validate_url, windows_name_problem
 from .._errors import RefusedError
 from .._specs import DownloadSpec, ProjectSpec
+from ._modelpaths import EXTRA_MODEL_PATHS, ModelFolders, load_extra_model_paths
 
 __all__ = [
     "Conflict",
@@ -97,7 +100,14 @@ WORKFLOW_REF = NodeRef(id=None, type="workflow models list")
 
 @attrs.frozen(kw_only=True)
 class ModelEntry:
-    """A model the workflow needs, and where it goes (``dest`` is absolute)."""
+    """A model the workflow names, where it goes (``dest`` is absolute) and why.
+
+    ``status`` is ``missing`` (to download), ``present`` (found at
+    ``present_at``, wherever ComfyUI would look) or ``bypassed`` (only on
+    bypassed or muted nodes; ``reason`` says which). ``fetched_as`` and
+    ``note`` say when the hub rules change the URL (a Hugging Face
+    ``/blob/`` link is fetched as ``/resolve/``).
+    """
 
     node: NodeRef
     directory: str
@@ -105,10 +115,23 @@ class ModelEntry:
     url: str
     dest: str
     sha256: str | None = None
+    status: str = "missing"
+    reason: str = "missing"
+    present_at: str | None = None
+    fetched_as: str | None = None
+    note: str | None = None
+    verified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node.to_dict(), "directory": self.directory, "name": self.name,
-                "url": redact_url(self.url), "dest": self.dest, "sha256": self.sha256}
+        out: dict[str, Any] = {"node": self.node.to_dict(), "directory": self.directory, "name": self.name,
+               "url": redact_url(self.url), "dest": self.dest, "sha256": self.sha256,
+               "status": self.status, "reason": self.reason, "present_at": self.present_at}
+        if self.fetched_as is not None:
+            out["fetched_as"] = redact_url(self.fetched_as)
+            out["note"] = self.note
+        if self.verified:
+            out["verified"] = True
+        return out
 
 
 @attrs.frozen(kw_only=True)
@@ -147,9 +170,12 @@ class ImportPlan:
     """What importing a workflow into a ComfyUI folder does.
 
     ``downloads`` are missing models, in workflow order; ``skipped`` are
-    present already; ``refused`` are never downloaded; ``conflicts`` are
-    later entries that disagreed with the first one about the URL;
-    ``node_packs`` maps each custom node pack (``cnr_id``) to its version.
+    present already (``present_at`` says where); ``bypassed`` are only on
+    bypassed or muted nodes, so the workflow never loads them; ``refused``
+    are never downloaded; ``conflicts`` are later entries that disagreed
+    with the kept one about the URL; ``node_packs`` maps each custom node
+    pack (``cnr_id``) to its version; ``extra_model_paths`` is the YAML file
+    whose folders were searched, if any.
     """
 
     comfyui_dir: str
@@ -158,6 +184,8 @@ class ImportPlan:
     refused: tuple[RefusedEntry, ...]
     conflicts: tuple[Conflict, ...]
     node_packs: dict[str, str | None]
+    bypassed: tuple[ModelEntry, ...] = ()
+    extra_model_paths: str | None = None
 
     @property
     def models_dir(self) -> str:
@@ -176,8 +204,10 @@ class ImportPlan:
         return {
             "comfyui": self.comfyui_dir,
             "models_dir": self.models_dir,
+            "extra_model_paths": self.extra_model_paths,
             "download": [e.to_dict() for e in self.downloads],
             "skip": [e.to_dict() for e in self.skipped],
+            "bypassed": [e.to_dict() for e in self.bypassed],
             "refused": [e.to_dict() for e in self.refused],
             "conflicts": [c.to_dict() for c in self.conflicts],
             "node_packs": dict(self.node_packs),
@@ -224,13 +254,18 @@ def _check_shape(data: Any, what: str) -> None:
         raise _bad_workflow(f"{what}: 'nodes' is not a list")
 
 
+#: Node modes of nodes that never run: ComfyUI's "never" (muted) and "bypass".
+_INACTIVE_MODES = {2: "muted", 4: "bypassed"}
+
+
 def _iter_graph_nodes(graph: Mapping[str, Any], subgraph: str | None, depth: int,
-                      seen: set[int]) -> Iterator[tuple[Any, str | None]]:
-    """``(node, subgraph label)`` for every node of ``graph`` and of the subgraphs it defines."""
+                      seen: set[int], graph_id: str | None = None
+                      ) -> Iterator[tuple[Any, str | None, str | None]]:
+    """``(node, subgraph label, subgraph id)`` for every node of ``graph`` and of the subgraphs it defines."""
     nodes = graph.get("nodes")
     if isinstance(nodes, list):
         for node in nodes:
-            yield node, subgraph
+            yield node, subgraph, graph_id
     definitions = graph.get("definitions")
     subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
     if not isinstance(subgraphs, list) or depth >= _MAX_DEPTH:
@@ -240,7 +275,8 @@ def _iter_graph_nodes(graph: Mapping[str, Any], subgraph: str | None, depth: int
             continue
         seen.add(id(sub))
         label = sub.get("name") if isinstance(sub.get("name"), str) and sub.get("name") else sub.get("id")
-        yield from _iter_graph_nodes(sub, str(label) if label is not None else "?", depth + 1, seen)
+        sub_id = sub.get("id") if isinstance(sub.get("id"), str) else None
+        yield from _iter_graph_nodes(sub, str(label) if label is not None else "?", depth + 1, seen, sub_id)
 
 
 def _node_ref(node: Mapping[str, Any], subgraph: str | None) -> NodeRef:
@@ -252,9 +288,39 @@ def _node_ref(node: Mapping[str, Any], subgraph: str | None) -> NodeRef:
                    subgraph=subgraph)
 
 
-def _iter_model_entries(workflow: Mapping[str, Any]) -> Iterator[tuple[NodeRef, Any]]:
-    """``(node ref, raw entry)`` for every model entry, and ``(ref, reason str)`` for bad lists."""
-    for node, subgraph in _iter_graph_nodes(workflow, None, 0, set()):
+def _node_mode(node: Mapping[str, Any]) -> str | None:
+    mode = node.get("mode")
+    return _INACTIVE_MODES.get(mode) if isinstance(mode, int) and not isinstance(mode, bool) else None
+
+
+def _inactive_subgraphs(workflow: Mapping[str, Any]) -> set[str]:
+    """Subgraph ids whose every use is a bypassed or muted node (or inside such a subgraph)."""
+    uses: dict[str, list[tuple[str | None, bool]]] = {}
+    for node, _label, graph_id in _iter_graph_nodes(workflow, None, 0, set()):
+        if isinstance(node, dict) and isinstance(node.get("type"), str):
+            uses.setdefault(node["type"], []).append((graph_id, _node_mode(node) is not None))
+    memo: dict[str, bool] = {}
+
+    def inactive(sub_id: str, stack: frozenset[str]) -> bool:
+        if sub_id in memo:
+            return memo[sub_id]
+        found = uses.get(sub_id)
+        result = bool(found) and sub_id not in stack and all(
+            off or (graph is not None and inactive(graph, stack | {sub_id})) for graph, off in found or ())
+        memo[sub_id] = result
+        return result
+
+    ids = {g for _n, _l, g in _iter_graph_nodes(workflow, None, 0, set()) if g is not None}
+    return {sub_id for sub_id in ids if inactive(sub_id, frozenset())}
+
+
+def _iter_model_entries(workflow: Mapping[str, Any]) -> Iterator[tuple[NodeRef, Any, str | None]]:
+    """``(node ref, raw entry, why the node never runs or None)`` for every model entry.
+
+    A node's ``properties.models`` that is not a list yields a `_NotAList` entry.
+    """
+    inactive_subs = _inactive_subgraphs(workflow)
+    for node, subgraph, graph_id in _iter_graph_nodes(workflow, None, 0, set()):
         if not isinstance(node, dict):
             continue
         props = node.get("properties")
@@ -264,15 +330,19 @@ def _iter_model_entries(workflow: Mapping[str, Any]) -> Iterator[tuple[NodeRef, 
         if models is None:
             continue
         ref = _node_ref(node, subgraph)
+        mode = _node_mode(node)
+        off = (f"{ref} is {mode} (mode {node.get('mode')})" if mode else
+               f"{ref}: every use of subgraph {subgraph!r} is bypassed or muted"
+               if graph_id in inactive_subs else None)
         if not isinstance(models, list):
-            yield ref, _NotAList()
+            yield ref, _NotAList(), off
             continue
         for entry in models:
-            yield ref, entry
+            yield ref, entry, off
     legacy = workflow.get("models")  # older editors also listed them at the top level
     if isinstance(legacy, list):
         for entry in legacy:
-            yield WORKFLOW_REF, entry
+            yield WORKFLOW_REF, entry, None
 
 
 class _NotAList:
@@ -281,7 +351,7 @@ class _NotAList:
 
 def _node_packs(workflow: Mapping[str, Any]) -> dict[str, str | None]:
     packs: dict[str, str | None] = {}
-    for node, _subgraph in _iter_graph_nodes(workflow, None, 0, set()):
+    for node, _subgraph, _graph in _iter_graph_nodes(workflow, None, 0, set()):
         props = node.get("properties") if isinstance(node, dict) else None
         if not isinstance(props, dict):
             continue
@@ -359,12 +429,12 @@ def _check_sha256(entry: Mapping[str, Any]) -> str | None:
     return digest.strip().lower()
 
 
-def _obstacle(models: Path, dest: Path) -> str | None:
-    """Why ``dest`` cannot be written (something not a folder in the way), or None."""
+def _obstacle(base: Path, dest: Path) -> str | None:
+    """Why ``dest`` (in the folder ``base``) cannot be written (something not a folder in the way), or None."""
     if dest.is_dir():
         return f"a folder is in the way at {dest}"
     parent = dest.parent
-    while parent != models and models in parent.parents:
+    while parent != base.parent and (parent == base or base in parent.parents):
         if os.path.lexists(parent) and not parent.is_dir():
             return f"{parent} exists and is not a folder"
         parent = parent.parent
@@ -382,13 +452,56 @@ def _present(dest: Path) -> bool:
 # --- planning -----------------------------------------------------------------------
 
 
+def same_model_url(url: str) -> str:
+    """``url`` without a ``download=true`` query parameter (nor a fragment): the form two entries are compared in."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if not (k.lower() == "download" and v.lower() == "true")]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query), fragment=""))
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_folders(comfyui_dir: str | os.PathLike[str],
+                  extra_model_paths: str | os.PathLike[str] | None = None) -> ModelFolders:
+    """The folders ComfyUI searches: its own, and those of ``extra_model_paths`` (default: ``DIR/extra_model_paths.yaml`` when there)."""
+    root = _comfyui_root(comfyui_dir)
+    source: Path | None
+    if extra_model_paths is not None:
+        source = Path(os.path.abspath(Path(os.fspath(extra_model_paths)).expanduser()))
+    else:
+        source = root / EXTRA_MODEL_PATHS
+        if not source.is_file():
+            source = None
+    extra = load_extra_model_paths(source) if source is not None else ()
+    return ModelFolders(models_dir=root / "models", extra=extra, source=source)
+
+
 def plan_import(workflow: Mapping[str, Any] | str | os.PathLike[str],
-                comfyui_dir: str | os.PathLike[str]) -> ImportPlan:
+                comfyui_dir: str | os.PathLike[str], *, include_bypassed: bool = False,
+                extra_model_paths: str | os.PathLike[str] | None = None, verify: bool = False,
+                folders: ModelFolders | None = None) -> ImportPlan:
     """Read ``workflow`` (a parsed workflow or a file) and plan its import into ``comfyui_dir``.
 
-    Raises `RefusedError` (``E_INVALID_INPUT``, field ``workflow`` or
-    ``comfyui``) when the file is not a workflow or the folder is unusable;
-    single bad entries never raise, they are listed in ``refused``.
+    Entries are deduplicated by ``(directory, name)``; two URLs that differ
+    only by ``?download=true`` are one model. A model only on bypassed or
+    muted nodes is listed in ``bypassed`` (downloaded when
+    ``include_bypassed``). A model is present wherever ComfyUI would find it
+    (`ModelFolders`: aliases and ``extra_model_paths.yaml``); a missing one
+    goes to ``DIR/models/<directory>/<name>``, or to the YAML's
+    ``is_default`` folder. With ``verify``, a present file whose entry has a
+    sha256 is hashed: a mismatch is refused (the file is left as it is).
+
+    Raises `RefusedError` (``E_INVALID_INPUT``, field ``workflow``,
+    ``comfyui`` or ``extra_model_paths``) when a file is not what it should
+    be or the folder is unusable; single bad entries never raise, they are
+    listed in ``refused``.
     """
     if isinstance(workflow, (str, os.PathLike)):
         data: Mapping[str, Any] = load_workflow(workflow)
@@ -396,14 +509,14 @@ def plan_import(workflow: Mapping[str, Any] | str | os.PathLike[str],
         _check_shape(workflow, "the workflow")
         data = workflow
     root = _comfyui_root(comfyui_dir)
-    models = root / "models"
+    if folders is None:
+        folders = model_folders(root, extra_model_paths)
+    env = HubEnv.current()
 
-    downloads: list[ModelEntry] = []
-    skipped: list[ModelEntry] = []
     refused: list[RefusedEntry] = []
     conflicts: list[Conflict] = []
-    first: dict[tuple[str, str], ModelEntry] = {}
-    for ref, raw in _iter_model_entries(data):
+    groups: dict[tuple[str, str], list[tuple[NodeRef, str, str | None, str | None]]] = {}
+    for ref, raw, off in _iter_model_entries(data):
         if isinstance(raw, _NotAList):
             refused.append(RefusedEntry(node=ref, reason="properties.models is not a list"))
             continue
@@ -419,23 +532,59 @@ def plan_import(workflow: Mapping[str, Any] | str | os.PathLike[str],
         except _Unsafe as exc:
             refused.append(RefusedEntry(node=ref, reason=str(exc), name=name, directory=directory))
             continue
-        key = (directory, name)
-        kept = first.get(key)
-        if kept is not None:
-            if kept.url != url:
-                conflicts.append(Conflict(node=ref, directory=directory, name=name, url=url,
-                                          kept_node=kept.node, kept_url=kept.url))
+        groups.setdefault((directory, name), []).append((ref, url, sha, off))
+
+    downloads: list[ModelEntry] = []
+    skipped: list[ModelEntry] = []
+    bypassed: list[ModelEntry] = []
+    for (directory, name), entries in groups.items():
+        active = [e for e in entries if e[3] is None]
+        ref, url, sha, off = (active or entries)[0]
+        for other_ref, other_url, _sha, _off in entries:
+            if same_model_url(other_url) != same_model_url(url):
+                conflicts.append(Conflict(node=other_ref, directory=directory, name=name, url=other_url,
+                                          kept_node=ref, kept_url=url))
+        sha = sha or next((e[2] for e in entries if e[2] and same_model_url(e[1]) == same_model_url(url)), None)
+        kind, *rest = directory.split("/")
+        default = folders.default_folder(kind)
+        base = default if default is not None else folders.models_dir / kind
+        dest = base.joinpath(*rest, name)
+        fetched, note = hub_url(url, env)
+        common = ModelEntry(node=ref, directory=directory, name=name, url=url, dest=str(dest), sha256=sha,
+                            fetched_as=fetched if note else None, note=note)
+        if off is not None and not include_bypassed:
+            bypassed.append(attrs.evolve(common, status="bypassed", reason=off))
             continue
-        dest = models.joinpath(*directory.split("/"), name)
-        obstacle = _obstacle(models, dest)
+        present = next((p for p in (f.joinpath(*rest, name) for f in [folders.models_dir / kind,
+                                                                       *folders.search(kind)])
+                        if _present(p)), None)
+        if present is not None:
+            if verify and sha:
+                try:
+                    matches = _sha256_of(present) == sha
+                except OSError as exc:
+                    refused.append(RefusedEntry(node=ref, name=name, directory=directory,
+                                                reason=f"cannot read {present} to verify it: {exc.strerror or exc}"))
+                    continue
+                if not matches:
+                    refused.append(RefusedEntry(
+                        node=ref, name=name, directory=directory,
+                        reason=f"{present} is present but its sha256 differs from the workflow's hash; it was "
+                               "left untouched (move it away and import again to download the model)"))
+                    continue
+            skipped.append(attrs.evolve(common, status="present", reason=f"present at {present}",
+                                        present_at=str(present), verified=bool(verify and sha)))
+            continue
+        obstacle = _obstacle(base, dest)
         if obstacle is not None:
             refused.append(RefusedEntry(node=ref, reason=obstacle, name=name, directory=directory))
             continue
-        entry = ModelEntry(node=ref, directory=directory, name=name, url=url, dest=str(dest), sha256=sha)
-        first[key] = entry
-        (skipped if _present(dest) else downloads).append(entry)
+        why = "missing" if off is None else f"missing; {off}, included by --include-bypassed"
+        downloads.append(attrs.evolve(common, status="missing", reason=why))
     return ImportPlan(comfyui_dir=str(root), downloads=tuple(downloads), skipped=tuple(skipped),
-                      refused=tuple(refused), conflicts=tuple(conflicts), node_packs=_node_packs(data))
+                      refused=tuple(refused), conflicts=tuple(conflicts), node_packs=_node_packs(data),
+                      bypassed=tuple(bypassed),
+                      extra_model_paths=str(folders.source) if folders.source is not None else None)
 
 
 def _comfyui_root(comfyui_dir: str | os.PathLike[str]) -> Path:
@@ -483,20 +632,35 @@ def project_from_workflow_data(workflow: Mapping[str, Any], comfyui_dir: str | o
 
 
 def plan_lines(plan: ImportPlan) -> list[str]:
-    """The plan for a person: one line per model, then the node packs."""
+    """The plan for a person: one line per model (where it goes and why), then the node packs."""
     models = Path(plan.models_dir)
 
-    def where(entry: ModelEntry) -> str:
-        return str(Path(entry.dest).relative_to(models))
+    def where(path: str) -> str:
+        try:
+            return str(Path(path).relative_to(models))
+        except ValueError:
+            return path  # an extra_model_paths.yaml folder
 
     lines = [f"models folder: {models}"]
-    lines += [f"  download  {where(e)}  <- {redact_url(e.url)}  [{e.node}]" for e in plan.downloads]
-    lines += [f"  skip      {where(e)}  (present)  [{e.node}]" for e in plan.skipped]
-    lines += [f"  refused   {e.node}: {e.reason}" for e in plan.refused]
+    if plan.extra_model_paths:
+        lines.append(f"extra model folders from {plan.extra_model_paths}")
+    for e in plan.downloads:
+        check = ", sha256 checked" if e.sha256 else ""
+        lines.append(f"  download  {where(e.dest)}  ({e.reason}{check})  <- {redact_url(e.url)}  [{e.node}]")
+        if e.fetched_as:
+            lines.append(f"            fetched as {redact_url(e.fetched_as)} ({e.note})")
+    for e in plan.skipped:
+        verified = ", sha256 verified" if e.verified else ""
+        lines.append(f"  skip      {e.directory}/{e.name}  (present at {e.present_at}{verified})  [{e.node}]")
+    for e in plan.bypassed:
+        lines.append(f"  bypassed  {e.directory}/{e.name}  (not needed: {e.reason}; --include-bypassed fetches it)")
+    for r in plan.refused:
+        what = f"{r.directory}/{r.name} " if isinstance(r.directory, str) and isinstance(r.name, str) else ""
+        lines.append(f"  refused   {what}{r.node}: {r.reason}")
     lines += [f"  conflict  {c.directory}/{c.name}: {c.node} gives another URL ({redact_url(c.url)}); "
               f"keeping the one from {c.kept_node}" for c in plan.conflicts]
     counts = (f"{len(plan.downloads)} to download, {len(plan.skipped)} present, "
-              f"{len(plan.refused)} refused")
+              f"{len(plan.bypassed)} bypassed, {len(plan.refused)} refused")
     lines.append(counts + (f", {len(plan.conflicts)} conflicting" if plan.conflicts else ""))
     if plan.node_packs:
         packs = ", ".join(f"{pack} {ver}" if ver else pack for pack, ver in plan.node_packs.items())

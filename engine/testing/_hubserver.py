@@ -13,13 +13,23 @@ civitai paths (``CIVITAI_ENDPOINT`` points at it): ``/api/download/models/<id>``
 file name; a model that needs sign-in redirects to ``/login?reason=download-auth``
 (an HTML page) unless ``Authorization: Bearer <token>`` is right.
 
-Every request's Authorization header is recorded in ``authorization_seen``.
+With ``default_size`` set, any repository path or civitai id not added
+beforehand is served too (a file of that many bytes, named ``model-<id>``
+for civitai), so a test can import real workflows without listing their
+models. Every request's Authorization header is recorded in
+``authorization_seen``. Start it with ``await nursery.start(hub.serve)`` or,
+outside trio, ``with hub.run_in_thread()`` (the CDN runs on its own).
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
+import threading
 import urllib.parse
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import trio
@@ -43,7 +53,10 @@ class HubServer:
     civitai_token: str | None = None  # sign-in required when set
     civitai_files: dict[str, tuple[str, int]] = attrs.Factory(dict)  # id -> (file name, size)
     authorization_seen: list[tuple[str, str | None]] = attrs.Factory(list)
+    #: Serve unknown repository files and civitai ids with this size (None: 404).
+    default_size: int | None = None
     _base_url: str | None = None
+    _sizes: dict[str, int] = attrs.Factory(dict)
 
     @property
     def base_url(self) -> str:
@@ -54,6 +67,7 @@ class HubServer:
         """Serve ``repo``'s ``path`` (from the CDN); returns the CDN path."""
         cdn_path = f"/repos/{repo}/{path}"
         self.cdn.add_file(cdn_path, size=size, faults=faults)
+        self._sizes[cdn_path] = size
         return cdn_path
 
     def add_civitai(self, model_id: str, name: str, *, size: int) -> str:
@@ -62,11 +76,50 @@ class HubServer:
         self.civitai_files[model_id] = (name, size)
         return cdn_path
 
-    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _listen(self) -> list[trio.SocketListener]:
         listeners = await trio.open_tcp_listeners(0, host=self.host)
         self._base_url = f"http://{self.host}:{listeners[0].socket.getsockname()[1]}"
-        task_status.started(self._base_url)
+        return listeners
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await self._listen()
+        task_status.started(self.base_url)
         await trio.serve_listeners(self._handle, listeners)
+
+    @contextlib.contextmanager
+    def run_in_thread(self) -> Iterator[str]:
+        """Serve from a daemon thread running its own ``trio.run``; yields the base URL."""
+        handoff: queue.Queue[Any] = queue.Queue()
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            listeners = await self._listen()
+            with trio.CancelScope() as scope:
+                handoff.put((trio.lowlevel.current_trio_token(), scope, self.base_url))
+                await trio.serve_listeners(self._handle, listeners)
+
+        def target() -> None:
+            try:
+                trio.run(run)
+            except BaseException as exc:
+                failure.append(exc)
+                handoff.put(None)
+
+        thread = threading.Thread(target=target, name="HubServer", daemon=True)
+        thread.start()
+        started = handoff.get()
+        if started is None:
+            thread.join()
+            raise failure[0]
+        token, scope, url = started
+        try:
+            yield url
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(scope.cancel, trio_token=token)
+            thread.join()
+        if failure:
+            raise failure[0]
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:
@@ -92,12 +145,21 @@ class HubServer:
                     await _send_simple(stream, status, b"gated\n", headers, method=method)
                     return
                 cdn_path = f"/repos/{repo}/{path}"
+                if cdn_path not in self._sizes:
+                    if self.default_size is None:
+                        await _send_simple(stream, 404, b"Entry not found\n", [("X-Error-Code", "EntryNotFound")],
+                                           method=method)
+                        return
+                    self.add_model(repo, path, size=self.default_size)
                 signed = urllib.parse.urlencode({"Expires": "1999999999", "Signature": "sig-abc",
                                                  "Key-Pair-Id": "K1"})
-                await _send_simple(stream, 302, b"", [("Location", f"{self.cdn.base_url}{cdn_path}?{signed}")],
+                await _send_simple(stream, 302, b"", [("Location", f"{self.cdn.base_url}{cdn_path}?{signed}"),
+                                                      ("X-Linked-Size", str(self._sizes[cdn_path]))],
                                    method=method)
                 return
             m = _CIVITAI.match(request.path)
+            if m and m[1] not in self.civitai_files and self.default_size is not None:
+                self.add_civitai(m[1], f"model-{m[1]}.safetensors", size=self.default_size)
             if m and m[1] in self.civitai_files:
                 if self.civitai_token is not None and token != self.civitai_token:
                     where = f"{self.base_url}/login?returnUrl=%2Fmodels%2F{m[1]}&reason=download-auth"

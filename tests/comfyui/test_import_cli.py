@@ -141,7 +141,7 @@ def test_dry_run_text_names_everything(write_workflow: Any, comfy: Path, capsys:
     assert "skip      upscale_models/4x_present.pth" in out
     assert "conflict  vae/vae-ft-mse-840000-ema-pruned.safetensors" in out
     assert "comfyui-custom-scripts 1.2.5, comfyui-kjnodes 1.1.2" in out
-    assert "5 to download, 1 present, 0 refused, 1 conflicting" in out
+    assert "5 to download, 1 present, 0 bypassed, 0 refused, 1 conflicting" in out
 
 
 @pytest.mark.parametrize("case", ["no folder", "not json", "api format"])

@@ -236,4 +236,5 @@ def test_plan_to_dict_is_json(load_fixture: Any, tmp_path: Path) -> None:
     doc = json.loads(json.dumps(plan_import(wf, tmp_path).to_dict()))
     assert doc["download"][0]["url"].endswith("token=***")
     assert "SECRET" not in json.dumps(doc)
-    assert set(doc) == {"comfyui", "models_dir", "download", "skip", "refused", "conflicts", "node_packs"}
+    assert set(doc) == {"comfyui", "models_dir", "extra_model_paths", "download", "skip", "bypassed", "refused",
+                        "conflicts", "node_packs"}
