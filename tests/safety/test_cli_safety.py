@@ -60,3 +60,32 @@ def test_rerun_of_a_finished_download_exits_0_without_a_request(server: FaultSer
     other = download(url, tmp_path / "out", tmp_path / "state2", "--sha256", sha)
     assert other.returncode == 0, other.stderr
     assert server.stats.requests == served
+
+
+def test_two_engines_on_one_destination(server: FaultServer, tmp_path: Path) -> None:
+    """A second engine (its own state dir) writing the same file gets E_IN_USE, never E_INTERNAL;
+    the first finishes with the exact file."""
+    import time
+
+    from engine.testing import Faults
+
+    url = server.url("/files/big.bin", size=SIZE, faults=Faults(rate_bps=25_000))  # 8 s: room for the second
+    argv = [sys.executable, "-m", "engine", "download", url, "-o", str(tmp_path / "out"),
+            "--state-dir", str(tmp_path / "s1")]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        part = tmp_path / "out" / "big.bin.part"
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size > 0):  # the first writer holds the .part
+            assert first.poll() is None and time.monotonic() < deadline, "the first download never started"
+            time.sleep(0.01)
+        second = download(url, tmp_path / "out", tmp_path / "s2")
+        assert second.returncode == 1, second.stderr
+        assert "E_IN_USE" in second.stderr and "E_INTERNAL" not in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    digest = hashlib.sha256((tmp_path / "out" / "big.bin").read_bytes()).hexdigest()
+    assert digest == content_sha256("/files/big.bin", SIZE)
