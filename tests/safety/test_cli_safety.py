@@ -89,3 +89,17 @@ def test_two_engines_on_one_destination(server: FaultServer, tmp_path: Path) -> 
     assert first.returncode == 0, err
     digest = hashlib.sha256((tmp_path / "out" / "big.bin").read_bytes()).hexdigest()
     assert digest == content_sha256("/files/big.bin", SIZE)
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000])
+def test_import_of_deeply_nested_json_exits_2(tmp_path: Path, body: str) -> None:
+    """A workflow nested 100,000 levels deep is a usage error (exit 2) naming the file, not a traceback."""
+    workflow = tmp_path / "deep.json"
+    workflow.write_text(body)
+    (tmp_path / "ComfyUI" / "models").mkdir(parents=True)
+    argv = [sys.executable, "-m", "engine", "import", str(workflow), "--comfyui", str(tmp_path / "ComfyUI"),
+            "--state-dir", str(tmp_path / "state"), "--dry-run"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
+    assert "deep.json" in proc.stderr
