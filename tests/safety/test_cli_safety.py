@@ -103,3 +103,38 @@ def test_import_of_deeply_nested_json_exits_2(tmp_path: Path, body: str) -> None
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
     assert "deep.json" in proc.stderr
+
+
+SECRETS = ("s3cr3t-bearer-value", "k3y-value-9137", "p4ssw0rd-in-url")
+
+
+@pytest.mark.parametrize("case", ["refused header", "exhausted with credentials"])
+def test_no_credential_reaches_any_output(server: FaultServer, tmp_path: Path, case: str) -> None:
+    """Credentials in headers (also with a trailing space or a vertical tab) and in ``user:pass@``
+    appear in no error, event (--json), progress line or log line."""
+    from engine.testing import Faults
+
+    state = tmp_path / "state"
+    url = server.url("/files/secret.bin", size=SIZE, faults=Faults(status=503))
+    host = url.split("://", 1)[1]
+    url = f"http://user:{SECRETS[2]}@{host}"
+    if case == "refused header":  # a control character inside a value: refused before any request
+        headers = ["-H", f"Authorization: Bearer {SECRETS[0]}\x0b{SECRETS[0]}", "-H", f"X-Api-Key: {SECRETS[1]}"]
+    else:  # surrounding whitespace (a paste accident) is trimmed, and the value still never shown
+        headers = ["-H", f"Authorization: Bearer {SECRETS[0]} ", "-H", f"X-Api-Key: \x0b{SECRETS[1]}\x0b"]
+    outputs = []
+    for extra in ([], ["--json"]):
+        proc = download(url, tmp_path / "out", state, *headers, *extra, "--set", "max_retries=1",
+                        "--set", "initial_delay_s=0.01")
+        assert proc.returncode in (1, 2), proc.stderr
+        outputs += [proc.stdout, proc.stderr]
+    logs = [p.read_text(errors="replace") for p in (state / "logs").glob("recovery.log*")]
+    if case == "refused header":
+        assert server.stats.requests == 0  # refused before any request
+        assert "Authorization" in outputs[1]  # the field is named...
+    else:
+        assert server.stats.requests >= 2 and "E_SERVER" in outputs[1]
+        assert logs and "secret.bin" in logs[0]  # the log was written, and names the URL
+    for text in outputs + logs:
+        for secret in SECRETS:
+            assert secret not in text  # ...its value never
