@@ -252,7 +252,7 @@ class DownloadKind:
             ctx.progress(done[0], done[0])
             return
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(_platform.long_path(dest.parent), exist_ok=True)
             fd = open_part_fd(part)
         except OSError as exc:
             raise classify_exception(exc) from exc

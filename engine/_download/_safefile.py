@@ -91,7 +91,7 @@ def open_part_fd(path: Path) -> int:
             st = None
         flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | (os.O_CREAT | os.O_EXCL if st is None else 0)
         try:
-            fd = os.open(path, flags, 0o644)
+            fd = os.open(_platform.long_path(path), flags, 0o644)  # past MAX_PATH on Windows
         except FileExistsError:
             continue  # created between lstat and open: look again
         except FileNotFoundError:
