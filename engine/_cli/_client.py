@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from .._units import human_bytes
+from .._units import human_bytes, human_duration
 from .._errors import RefusedError
 
 __all__ = ["add_parsers"]
@@ -172,18 +172,6 @@ def _size(n: int | float | None) -> str:
     return "?" if n is None else human_bytes(n)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
 def _name(op: dict[str, Any], *, short: bool = False) -> str:
     spec = op.get("spec") or {}
     if op.get("kind") == "download":
@@ -208,7 +196,7 @@ def _attempt(op: dict[str, Any]) -> str:
         return "-"
     text = f"Attempt {op['attempt']}/{op.get('max_retries')}"
     if op.get("status") == "recovering" and op.get("next_retry_at"):
-        text += f", next in {_duration(op['next_retry_at'] - time.time())}"
+        text += f", next in {human_duration(op['next_retry_at'] - time.time())}"
     return text
 
 
@@ -260,7 +248,7 @@ def _show_operation(op: dict[str, Any]) -> None:
         ("progress", _progress(op)),
     ]
     if op.get("status") == "in_progress":
-        rows += [("rate", f"{_size(op.get('rate_bps'))}/s"), ("eta", _duration(op.get("eta_s")))]
+        rows += [("rate", f"{_size(op.get('rate_bps'))}/s"), ("eta", human_duration(op.get("eta_s")))]
     rows.append(("recovery", _attempt(op)))
     if op.get("error"):
         err = op["error"]
