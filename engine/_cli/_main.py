@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -48,13 +49,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class StartupGuard:
+    """Holds Ctrl-C back while the command's modules load, then hands it on.
+
+    Python turns SIGINT into ``KeyboardInterrupt`` wherever the main thread is at
+    that moment. During start-up that is deep inside the import machinery: there
+    it can be swallowed ("Exception ignored in ... _get_module_lock", and the
+    download then runs on as if no key was pressed), leave a module half
+    imported, or mark the interpreter so that it ends by SIGINT whatever exit
+    code we return. So while the command loads, a SIGINT is only remembered;
+    `release` puts Python's own handler back first and only then looks whether
+    one came, so none can fall between the two.
+    """
+
+    def __init__(self, pending: list[int] | None = None) -> None:
+        self.pending = pending if pending is not None else []
+        self._installed = False
+
+    def _remember(self, signum: int, frame: Any) -> None:
+        self.pending.append(signum)
+
+    def install(self) -> None:
+        try:
+            signal.signal(signal.SIGINT, self._remember)
+        except ValueError:  # not the main thread (embedded): Ctrl-C is not ours to handle
+            return
+        self._installed = True
+
+    def release(self) -> bool:
+        """Restore Python's Ctrl-C handling; True if Ctrl-C was pressed meanwhile."""
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._installed = False
+        return bool(self.pending)
+
+
+def main(argv: Sequence[str] | None = None, *, guard: StartupGuard | None = None) -> int:
+    guard = guard or StartupGuard()
     try:
         from .._gc import tune_gc
 
         tune_gc()  # our own process: full collections would stall every operation
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+        finally:
+            if guard.release():
+                raise KeyboardInterrupt
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
@@ -66,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def entry() -> None:
+def entry(early: list[int] | None = None) -> None:
     """The console script: `main`, then exit with its code, whatever Ctrl-C does meanwhile.
 
     A SIGINT can still be on its way when the command has finished: trio hands a
@@ -75,12 +116,13 @@ def entry() -> None:
     ``KeyboardInterrupt`` raised outside `main`'s own handler would make CPython
     end the process by SIGINT (status -2, no exit code, and a traceback if it
     lands in the interpreter's shutdown). So a late one still means "interrupted",
-    and once the exit code is known further Ctrl-C is ignored.
+    and once the exit code is known further Ctrl-C is ignored. ``early`` holds the
+    SIGINTs ``python -m engine`` remembered before this module was loaded.
     """
-    import signal
-
+    guard = StartupGuard(early)
+    guard.install()
     try:
-        code = main()
+        code = main(guard=guard)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     try:
