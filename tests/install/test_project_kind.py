@@ -277,7 +277,10 @@ async def test_each_step_asks_its_own_scope_s_breaker(tmp_path, autojump_clock) 
     from engine.testing._scripted import ScriptedKind, ScriptedSpec
 
     kind = ScriptedKind()
-    settings = Settings(breaker_failure_threshold=1, initial_delay_s=1000)
+    # The autojump clock runs ahead while the real `sh` child runs, so the breaker's open period (and
+    # the wait below) are far beyond anything a loaded machine could let pass: the breaker stays open.
+    settings = Settings(breaker_failure_threshold=1, initial_delay_s=1e6, max_delay_s=1e9,
+                        breaker_reset_timeout_s=1e9)
     marker = tmp_path / "ran"
     step = InstallSpec(argv=["true"], scope="index")
     async with open_engine(tmp_path / "state", settings, kinds=[kind], disk=INLINE_DISK) as eng:
@@ -291,7 +294,7 @@ async def test_each_step_asks_its_own_scope_s_breaker(tmp_path, autojump_clock) 
             InstallSpec(argv=["sh", "-c", f"touch {marker}"], scope="other"),
             step,
         ]))
-        with trio.fail_after(60):
+        with trio.fail_after(1e8):
             while not marker.exists():
                 await trio.sleep(0.1)
             while eng.get(project.id).error is None or eng.get(project.id).error.code != "E_CIRCUIT_OPEN":
