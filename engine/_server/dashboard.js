@@ -561,6 +561,7 @@
   let historyHours = 24;
   let historyData = null;
   let historyTimer = null;
+  let historyAsked = 0;
   const expanded = new Set();
   const reports = new Map();  // op id -> {doc, text} of the last report shown
 
@@ -609,8 +610,9 @@
   async function loadHistory() {
     clearTimeout(historyTimer);
     historyTimer = null;
+    const asked = ++historyAsked;
     const res = await api("GET", `/api/recovery/history?hours=${historyHours}`);
-    if (!res.ok) return;
+    if (!res.ok || asked !== historyAsked) return;  // a later request (or another period) won
     historyData = res.data;
     drawHistory(historyData);
   }
