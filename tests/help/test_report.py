@@ -134,3 +134,22 @@ async def test_history_cli_reads_the_state_directory(state_dir: Path, scripted: 
     bad = subprocess.run([sys.executable, "-m", "engine", "history", "--hours", "0"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--hours" in bad.stderr
+
+
+async def test_report_for_a_host_that_does_not_resolve_says_dns_failed(tmp_path: Path) -> None:
+    """A download from a name no resolver knows: the report's DNS check failed (measured now), TCP not tried."""
+    url = "http://no-such-host.invalid/m.bin?token=QUERYSECRET42"
+    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=0), disk=INLINE_DISK) as eng:
+        op = await eng.submit(DownloadSpec(url=url, dest="m.bin"))
+        with trio.fail_after(60):
+            final = await eng.wait(op.id)
+            doc = await live_operation_report(eng, op.id)
+    assert final.status in (Status.FAILED, Status.EXHAUSTED) and final.error is not None
+    assert doc["summary"]["code"] == final.error.code
+    net = doc["network"]
+    assert net["checked"] and net["host"] == "no-such-host.invalid" and net["port"] == 80 and net["ok"] is False
+    assert net["dns"]["ok"] is False and net["dns"]["error"] and net["dns"]["elapsed_ms"] <= 3500
+    assert net["tcp"] == {"ok": False, "error": "not tried: the DNS lookup failed"}
+    text = report_text(doc)
+    assert "DNS: FAILED" in text and "TCP connect: FAILED: not tried" in text
+    assert_no_secret(json.dumps(doc) + text)
