@@ -61,6 +61,7 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
     assert summary["retries"] == 2 and summary["attempts"] == 3 and summary["kind"] == "download"
     assert [t["code"] for t in doc["timeline"]] == ["E_SERVER_OVERLOAD"] * 3
     assert doc["settings"]["max_retries"] == 2 and doc["settings"]["initial_delay_s"] == 0.01
+    assert doc["settings_source"] == "the running engine"
     dest = doc["resources"]["destination"]
     assert dest["path"] == str(tmp_path / "dl") and dest["free_bytes"] > 0
     assert doc["resources"]["state_dir"]["free_bytes"] > 0 and doc["resources"]["memory"]["total_bytes"] > 0
@@ -79,11 +80,16 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
     offline = json.loads(out.stdout)
     assert offline["source"] == "state_dir" and offline["summary"]["code"] == "E_SERVER_OVERLOAD"
     assert offline["summary"]["retries"] == 2 and len(offline["timeline"]) == 3
-    assert offline["resources"]["destination"]["free_bytes"] > 0 and offline["settings"]["max_retries"] == 5
+    assert offline["resources"]["destination"]["free_bytes"] > 0
+    # the settings the download ran with (not settings.json's defaults), and where they come from
+    assert offline["settings"]["max_retries"] == 2 and offline["settings"]["initial_delay_s"] == 0.01
+    assert offline["settings_source"] == "the operation's last snapshot"
+    assert offline["summary"]["attempt"] == 2 and offline["summary"]["max_retries"] == 2
     assert_no_secret(out.stdout + out.stderr)
     plain = subprocess.run([sys.executable, "-m", "engine", "report", op.id], env=env,
                            capture_output=True, text=True, timeout=60)
-    assert plain.returncode == 0 and "E_SERVER_OVERLOAD" in plain.stdout
+    assert plain.returncode == 0 and "E_SERVER_OVERLOAD" in plain.stdout and "attempt 2/2" in plain.stdout
+    assert "settings (from the operation's last snapshot): " in plain.stdout and "max_retries=2" in plain.stdout
     assert_no_secret(plain.stdout)
     missing = subprocess.run([sys.executable, "-m", "engine", "report", "nope"], env=env,
                              capture_output=True, text=True, timeout=60)
