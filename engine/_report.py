@@ -438,7 +438,8 @@ def report_text(doc: dict[str, Any]) -> str:
         op, summary = doc["operation"], doc["summary"]
         add(f"Recovery report for operation {op.get('id')} ({summary['kind']}), {_when(doc['generated_at'])}")
         add(f"status: {summary['status']}   retries: {summary['retries']} "
-            f"(attempt {summary['attempt']}/{summary['max_retries']}, {summary['attempts']} attempts recorded)")
+            f"(attempt {summary['attempt']}/{summary['max_retries']}, {summary['attempts']} "
+            f"attempt{'' if summary['attempts'] == 1 else 's'} recorded)")
         if summary.get("code"):
             add(f"error: {summary['code']}: {summary['message']}")
             add(f"suggestion: {summary['suggestion']}")
