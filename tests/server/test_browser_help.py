@@ -233,13 +233,18 @@ def test_chart_timeline_and_report_after_a_scripted_mix(tmp_path, faults, browse
         if os.environ.get("RECOVERY_UPDATE_SCREENSHOT"):
             DOCS_SCREENSHOT.write_bytes(shot)
 
-        # A shorter period leaves out the earlier hours.
+        # A shorter period leaves out the earlier hours; a week has them all.
         page.click('.history-range button[data-hours="6"]')
         expect(page.locator("#history-chart")).to_have_attribute("data-hours", "6")
         six = summarize_api(server, 6)
         page.wait_for_function("n => Number(document.querySelector('#history-chart').dataset.failures) === n",
                                arg=sum(six.values()))
         assert chart_counts(page) == six and "E_NET_TIMEOUT" not in six
+        page.click('.history-range button[data-hours="168"]')
+        expect(page.locator("#history-chart")).to_have_attribute("data-hours", "168")
+        page.wait_for_function("n => Number(document.querySelector('#history-chart').dataset.failures) === n",
+                               arg=sum(expected.values()))
+        assert chart_counts(page) == expected
 
         # Collapsing hides the attempts again.
         toggle.click()
