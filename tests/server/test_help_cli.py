@@ -52,6 +52,9 @@ def test_report_and_history_ask_the_running_serve_then_read_the_state_dir(
         assert doc["source"] == "engine" and doc["settings"]["max_retries"] == 1  # the server's --set
         assert doc["summary"]["code"] == "E_SERVER_OVERLOAD" and doc["summary"]["retries"] == 1
         assert doc["network"]["tcp"]["ok"] is True and len(doc["timeline"]) == 2
+        # the serve log's lines about this operation, and only those
+        assert doc["log_lines"] and all(op_id in line for line in doc["log_lines"])
+        assert any("exhausted with E_SERVER_OVERLOAD" in line for line in doc["log_lines"])
         code, text, _ = recovery(capsys, "report", op_id, "--no-network", *where)
         assert code == 0 and "E_SERVER_OVERLOAD" in text and "network check: not run" in text
         code, whole, _ = recovery(capsys, "report", "--json", *where)
