@@ -20,11 +20,16 @@ ENV = {**os.environ, "COLUMNS": "200", "PATH": os.path.dirname(PY) + os.pathsep 
 ENV.pop("RECOVERY_STATE_DIR", None)
 
 # An install step: append LABEL to the counter file and "LABEL PID" to the pids file;
-# with SLEEP: "LABEL started", sleep, then "LABEL done".
+# with SLEEP: "LABEL started", sleep, then "LABEL done". The first run of a sleeping LABEL holds
+# for 600 s instead, so a test that stops it (kill, Ctrl-C) never races its natural end, however
+# slow the machine; the runs after it sleep SLEEP.
 STEP_SCRIPT = """\
 import os, sys, time
 counter, pids, label = sys.argv[1], sys.argv[2], sys.argv[3]
 sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0
+earlier = open(pids).read().split() if os.path.exists(pids) else []
+if sleep and label not in earlier:
+    sleep = 600
 with open(pids, "a") as f:
     f.write(f"{label} {os.getpid()}\\n")
 with open(counter, "a") as f:
