@@ -97,3 +97,21 @@ def test_help_without_a_command_lists_every_command() -> None:
     assert proc.returncode == 0, proc.stderr
     for command in COMMANDS:
         assert command in proc.stdout
+
+
+def test_the_console_script_skips_the_last_collection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``entry`` freezes the collector before exiting: the interpreter's last collection has nothing to walk."""
+    import gc
+    import signal
+
+    from engine._cli import entry
+
+    monkeypatch.setattr(sys, "argv", ["recovery"])  # no command: help, exit 2
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as info:
+            entry()
+        assert info.value.code == 2 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        signal.signal(signal.SIGINT, previous)  # entry ignores Ctrl-C once its exit code is known
