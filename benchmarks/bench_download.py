@@ -473,6 +473,7 @@ class Section62:
         not run: the string says why, in its row.
         """
         times: dict[str, list[float]] = {name: [] for name, _, _ in clients}
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in clients}
         for _ in range(runs or self.runs):
             for name, run, _ in clients:
                 if isinstance(run, str):
@@ -480,7 +481,9 @@ class Section62:
                 for f in self.out.iterdir():
                     f.unlink()
                 os.sync()
+                before = _cpu_s()
                 times[name].append(run())
+                cpu[name].append(_cpu_s() - before)
                 got = sum(f.stat().st_size for f in self.out.iterdir() if not f.name.endswith(".aria2"))
                 if got != expect and name not in writes_nothing:
                     raise RuntimeError(f"{name} left {got} bytes, expected {expect}")
@@ -488,13 +491,14 @@ class Section62:
         rows = []
         for name, run, note in clients:
             if isinstance(run, str):
-                rows.append([name, run, "-", "-", "-", note])
+                rows.append([name, run, "-", "-", "-", "-", note])
                 continue
             wall = medians[name]
             ratio = f"{wall / medians[ref]:.2f}x" if ref in medians else "-"
             rate = f"{expect / MIB / wall:,.1f}" if expect >= MIB else "-"
-            rows.append([name, f"{wall:.3f}", f"{min(times[name]):.3f}", rate, ratio, note])
-        print_table(title, ["client", "median s", "best s", "MiB/s", f"vs {ref}", "notes"], rows)
+            rows.append([name, f"{wall:.3f}", f"{min(times[name]):.3f}", rate, ratio,
+                         f"{statistics.median(cpu[name]):.3f}", note])
+        print_table(title, ["client", "median s", "best s", "MiB/s", f"vs {ref}", "CPU s", "notes"], rows)
         return medians
 
     # -- (a) and (b) ---------------------------------------------------------------
