@@ -664,7 +664,7 @@ class Section62:
             shutil.rmtree(state, ignore_errors=True)
         if proc.returncode != 0:
             raise RuntimeError(f"recovery --limit-rate exited {proc.returncode}: {proc.stderr[-2000:]}")
-        ts = {}
+        ts: dict[str, float] = {}
         for line in proc.stdout.splitlines():
             event = json.loads(line)
             if event.get("type") == "status":
