@@ -4,6 +4,9 @@
   nginx when installed (foreground, generated config, ``sendfile on``), else a
   Python server in its own process that answers with ``os.sendfile``. Both
   honour ``Range: bytes=N-`` and send ETag and Last-Modified.
+- `nginx_locations`: nginx with one location per name, each with its own
+  per-connection ``limit_rate`` (or none), and an access log of every
+  request's ``Range`` and ``$body_bytes_sent`` (`NginxServer.requests`).
 - `fault_server`: ``python -m engine.testing serve`` in its own process, for
   dropped connections and other faults, with its ``GET /_stats`` accounting.
 
@@ -32,7 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fault_server", "fetch_stats", "nginx_server", "sendfile_server", "static_server"]
+__all__ = ["NginxServer", "fault_server", "fetch_stats", "nginx_binary", "nginx_locations", "nginx_server",
+           "sendfile_server", "static_server"]
 
 _READY_TIMEOUT_S = 10.0
 
@@ -96,10 +100,15 @@ http {{
 """
 
 
+def nginx_binary() -> str | None:
+    """The nginx executable, or None when it is not installed."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 @contextlib.contextmanager
 def nginx_server(root: Path) -> Iterator[str]:
     """Serve ``root`` with a foreground nginx on a loopback port; yields the base URL."""
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    binary = nginx_binary()
     if binary is None:
         raise FileNotFoundError("nginx is not installed")
     work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
@@ -112,6 +121,89 @@ def nginx_server(root: Path) -> Iterator[str]:
         try:
             _wait_listening(port, proc, "nginx")
             yield f"http://127.0.0.1:{port}"
+        finally:
+            _stop(proc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_NGINX_LOCATIONS_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format bench '$uri\t$status\t$body_bytes_sent\t$http_range';
+    access_log {work}/access.log bench;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 5;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{locations}
+    }}
+}}
+"""
+
+
+class NginxServer:
+    """A running `nginx_locations` server: its base URL and its access log."""
+
+    def __init__(self, base: str, access_log: Path) -> None:
+        self.base = base
+        self.access_log = access_log
+
+    def requests(self, uri: str) -> list[tuple[int, int, int | None]]:
+        """``(status, body_bytes_sent, range_start)`` of every finished request for ``uri``, in log order.
+
+        nginx writes a line when a request ends, a cut one included: after a
+        client is killed, its requests appear once nginx noticed the broken
+        connection (at the latest, by the time the next run has finished).
+        """
+        out = []
+        text = self.access_log.read_text() if self.access_log.exists() else ""
+        for line in text.splitlines():
+            path, status, sent, rng = (line.split("\t") + ["", "", "", ""])[:4]
+            if path != uri:
+                continue
+            match = _RANGE.match(rng)
+            out.append((int(status), int(sent), int(match[1]) if match else None))
+        return out
+
+
+@contextlib.contextmanager
+def nginx_locations(root: Path, rates: dict[str, int | None]) -> Iterator[NginxServer]:
+    """nginx serving ``root`` under ``/<name>/`` for each name of ``rates``.
+
+    ``rates[name]`` is that location's ``limit_rate`` in bytes per second per
+    connection (None: unlimited). Runs as the invoking user with a private
+    config, logs and pid file in a temporary directory removed afterwards.
+    """
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed")
+    work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    try:
+        port = _free_port()
+        folder = Path(root).resolve()
+        locations = "\n".join(
+            f"        location /{name}/ {{ alias {folder}/;" + (f" limit_rate {rate};" if rate else "") + " }"
+            for name, rate in rates.items())
+        conf = work / "nginx.conf"
+        conf.write_text(_NGINX_LOCATIONS_CONF.format(work=work, port=port, locations=locations))
+        proc = subprocess.Popen([binary, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_listening(port, proc, "nginx")
+            yield NginxServer(f"http://127.0.0.1:{port}", work / "access.log")
         finally:
             _stop(proc)
     finally:
@@ -201,7 +293,7 @@ def sendfile_server(root: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def static_server(root: Path, *, prefer: str = "nginx") -> Iterator[tuple[str, str]]:
     """``(name, base_url)`` of a fast static server for ``root``: nginx if installed, else sendfile."""
-    if prefer == "nginx" and (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
+    if prefer == "nginx" and nginx_binary():
         with nginx_server(root) as url:
             yield "nginx", url
     else:

@@ -56,6 +56,48 @@ def _first_mention(described: Mapping[str, Any]) -> str:
 _STATS_FLUSH_S = 1.0
 
 
+class _TLSOnDemand(httpx.AsyncBaseTransport):
+    """The engine's own transport: plain ``http`` never waits for a TLS context.
+
+    An ``httpx.AsyncHTTPTransport`` builds its TLS context when it is created,
+    and loading the CA bundle into it costs tens of milliseconds: a large part
+    of a short ``recovery download`` of an ``http://`` URL. So ``http``
+    requests get a pool whose context trusts no certificate (no bundle to
+    load; it is never used for a handshake, and would fail one closed), and
+    the verifying pool for every other scheme is made by the first request
+    that needs it, a redirect to ``https`` included.
+    """
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._plain: httpx.AsyncHTTPTransport | None = None
+        self._tls: httpx.AsyncHTTPTransport | None = None
+
+    def _for(self, request: httpx.Request) -> httpx.AsyncHTTPTransport:
+        if request.url.scheme == "http":
+            if self._plain is None:
+                import ssl
+
+                self._plain = httpx.AsyncHTTPTransport(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+                                                       limits=self._limits)
+            return self._plain
+        if self._tls is None:
+            self._tls = httpx.AsyncHTTPTransport(limits=self._limits)
+        return self._tls
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._for(request).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        plain, tls = self._plain, self._tls
+        try:
+            if plain is not None:
+                await plain.aclose()
+        finally:
+            if tls is not None:
+                await tls.aclose()
+
+
 def builtin_kinds(state_dir: Path | None = None) -> KindRegistry:
     """A registry with the built-in download, install and project kinds.
 
@@ -594,10 +636,11 @@ async def open_engine(
         for kind in kinds:
             registry.register(kind, replace=True)
         own_http = http is None
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
         client = http or httpx.AsyncClient(
             follow_redirects=True, max_redirects=10,
             timeout=httpx.Timeout(run_settings.stall_timeout_s, connect=run_settings.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            limits=limits, transport=_TLSOnDemand(limits=limits),  # limits: also for proxies from the env
         )
         engine = Engine(root, run_settings, file_settings, store, registry, client, disk=disk)
         try:

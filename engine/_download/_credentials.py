@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -91,6 +90,8 @@ class CredentialStore:
 
 
 def _parse(path: Path, raw: bytes) -> dict[str, dict[str, str]]:
+    import tomllib  # only with a credentials file: most runs have none
+
     try:
         data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
