@@ -1,0 +1,194 @@
+"""The command line joins the engine that holds the state directory (SPEC 13).
+
+Real processes: ``recovery serve`` (or a first ``recovery download``) holds the
+state directory; a second ``recovery download`` hands its operation to it over
+the control channel and follows it live. Every wait is on a condition (the
+server's answer, a file appearing, output), with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from engine._cli import main
+from engine.testing import FaultServer, Faults, content_sha256
+
+MiB = 1024 * 1024
+DEADLINE_S = 60.0
+ENV = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+ENV.pop("RECOVERY_STATE_DIR", None)
+
+
+@pytest.fixture(scope="module")
+def faults() -> Iterator[FaultServer]:
+    server = FaultServer()
+    with server.run_in_thread():
+        yield server
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    """Poll ``check`` until it returns something true (a condition, never a guessed time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def start_download(tmp_path: Path, name: str, url: str, state_dir: Path, out_dir: Path,
+                   *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], Path]:
+    """``python -m engine download URL -o OUT --state-dir STATE``, its stderr in a file (never a full pipe)."""
+    log = tmp_path / f"{name}.stderr"
+    argv = [sys.executable, "-m", "engine", "download", url, "-o", str(out_dir), *extra]
+    if state_dir is not None:
+        argv += ["--state-dir", str(state_dir)]
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env or ENV,
+                                cwd=tmp_path)
+    return proc, log
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = DEADLINE_S) -> int:
+    try:
+        proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def ops_of(server: Any) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/operations", headers={"Authorization": f"Bearer {server.token}"},
+                         timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def op_for(server: Any, filename: str) -> dict[str, Any] | None:
+    return next((op for op in ops_of(server) if op["spec"]["dest"].endswith(os.sep + filename)), None)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_while_serve_runs_is_handed_to_it(tmp_path, faults, start_serve, stop_serve, capsys):
+    """download joins a running serve: the op is in `recovery list` and the API, the CLI shows it and exits 0."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        size = 3 * MiB // 2
+        url = faults.url("/files/joined.bin", size=size, faults=Faults(rate_bps=MiB))
+        proc, log = start_download(tmp_path, "joined", url, server.state_dir, server.root)
+        op = wait_until(lambda: op_for(server, "joined.bin"), "the download to reach the server")
+        assert main(["list", "--state-dir", str(server.state_dir)]) == 0
+        listed = capsys.readouterr().out
+        assert op["id"] in listed and "joined.bin" in listed
+        assert finish(proc) == 0, log.read_text()
+        assert server.wait_status(op["id"], "success")["status"] == "success"
+        stderr = log.read_text()
+        assert "joined the engine" in stderr and server.url in stderr
+        assert f"(id {op['id']})" in stderr and "✓ joined.bin: done" in stderr
+        assert "already using the state directory" not in stderr and "Traceback" not in stderr
+        assert sha256_of(server.root / "joined.bin") == content_sha256("/files/joined.bin", size)
+        assert len(ops_of(server)) == 1  # the command ran no engine of its own
+    finally:
+        stop_serve(server)
+
+
+def test_ctrl_c_of_a_joined_download_pauses_it_on_the_server(tmp_path, faults, start_serve, stop_serve):
+    """SIGINT to a download that joined serve: exit 130, "paused" said once, the op paused on the server."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        url = faults.url("/files/long.bin", size=64 * MiB, faults=Faults(rate_bps=MiB // 2))
+        proc, log = start_download(tmp_path, "long", url, server.state_dir, server.root)
+        wait_until(lambda: (op_for(server, "long.bin") or {}).get("bytes_done", 0) > 0, "bytes on the server")
+        wait_until(lambda: "long.bin -> " in log.read_text(), "the CLI to follow the operation")
+        proc.send_signal(signal.SIGINT)
+        assert finish(proc) == 130, log.read_text()
+        op = op_for(server, "long.bin")
+        assert op is not None and op["status"] == "paused"
+        stderr = log.read_text()
+        assert stderr.count("paused") == 1 and "Traceback" not in stderr
+        # The server goes on serving; the same command again resumes the paused operation there.
+        again, log2 = start_download(tmp_path, "again", url, server.state_dir, server.root)
+        server.wait_status(op["id"], "in_progress", "pending", timeout=DEADLINE_S)
+        again.send_signal(signal.SIGINT)
+        assert finish(again) == 130, log2.read_text()
+        assert [o["id"] for o in ops_of(server)] == [op["id"]]
+    finally:
+        stop_serve(server)
+
+
+def test_destination_outside_the_servers_root_is_refused_naming_it(tmp_path, faults, start_serve, stop_serve):
+    """A joined download into a folder outside serve's download_root exits 2 with a message naming the root."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        proc, log = start_download(tmp_path, "outside", faults.url("/files/o.bin", size=1000), server.state_dir,
+                                   tmp_path / "elsewhere")
+        assert finish(proc) == 2, log.read_text()
+        stderr = log.read_text()
+        assert "E_INVALID_INPUT" in stderr and f"download root {server.root}" in stderr
+        assert ops_of(server) == [] and not (tmp_path / "elsewhere" / "o.bin").exists()
+    finally:
+        stop_serve(server)
+
+
+def test_recovery_state_dir_variable_finds_the_server(tmp_path, faults, start_serve, stop_serve):
+    """With $RECOVERY_STATE_DIR (no --state-dir), download joins serve and list and report find it."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    env = {**ENV, "RECOVERY_STATE_DIR": str(server.state_dir)}
+    try:
+        proc, log = start_download(tmp_path, "env", faults.url("/files/env.bin", size=20_000), None, server.root,
+                                   env=env)
+        assert finish(proc) == 0, log.read_text()
+        assert "joined the engine" in log.read_text()
+        [op] = ops_of(server)
+        listed = subprocess.run([sys.executable, "-m", "engine", "list", "--json"], capture_output=True,
+                                text=True, env=env, timeout=DEADLINE_S)
+        assert listed.returncode == 0, listed.stderr
+        assert [o["id"] for o in json.loads(listed.stdout)] == [op["id"]]
+        report = subprocess.run([sys.executable, "-m", "engine", "report", op["id"], "--json", "--no-network"],
+                                capture_output=True, text=True, env=env, timeout=DEADLINE_S)
+        assert report.returncode == 0, report.stderr
+        assert op["id"] in report.stdout
+    finally:
+        stop_serve(server)
+
+
+def test_second_download_joins_the_first(tmp_path, faults):
+    """Without serve, a second download on the same state dir joins the first one's engine instead of failing."""
+    state, out = tmp_path / "state", tmp_path / "out"
+    long_url = faults.url("/files/first.bin", size=64 * MiB, faults=Faults(rate_bps=MiB // 2))
+    first, log1 = start_download(tmp_path, "first", long_url, state, out)
+    try:
+        # The first command's engine announces its loopback control channel once it runs.
+        wait_until(lambda: (state / "server.json").exists(), "the first command's server.json")
+        size = 200_000
+        second, log2 = start_download(tmp_path, "second", faults.url("/files/second.bin", size=size), state, out)
+        assert finish(second) == 0, log2.read_text()
+        stderr = log2.read_text()
+        assert "joined the engine" in stderr and "✓ second.bin: done" in stderr
+        assert sha256_of(out / "second.bin") == content_sha256("/files/second.bin", size)
+        assert first.poll() is None  # the first one still runs its own download
+        first.send_signal(signal.SIGINT)
+        assert finish(first) == 130, log1.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert not (state / "server.json").exists()  # removed on the way out
