@@ -42,8 +42,9 @@ JOIN_WAIT_S = 20.0
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this run only (any name of the settings table)")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="engine state directory (default: $RECOVERY_STATE_DIR or the user state dir)")
+    parser.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="engine state directory (default: $RECOVERY_STATE_DIR or the user state dir); "
+                             "when an engine already holds it, its operations are handed to that one")
     parser.add_argument("--json", action="store_true", help="print one JSON event per line instead of bars")
 
 

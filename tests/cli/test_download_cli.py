@@ -241,3 +241,17 @@ def test_version_prints_the_installed_version() -> None:
                          env=ENV, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"recovery {metadata.version('recovery-engine')}"
+
+
+def test_download_help_names_defaults_and_retry_options() -> None:
+    """``recovery download --help`` gives -o's default and a line of help for every retry option."""
+    proc = subprocess.run([sys.executable, "-m", "engine", "download", "--help"], capture_output=True, text=True,
+                          env={**ENV, "COLUMNS": "120"}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    text = squash(proc.stdout)
+    assert "-o DIR, --output-dir DIR directory to write into (default: the current directory)" in text
+    for flag, says in (("--max-retries N", "automatic retries after the first attempt (default 5"),
+                       ("--initial-delay S", "seconds before retry 1 (default 2"),
+                       ("--backoff-factor F", "each further delay is F times the last (default 2"),
+                       ("--max-delay S", "cap on any delay, in seconds (default 300")):
+        assert f"{flag} {says}" in text, flag
