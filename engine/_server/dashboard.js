@@ -96,6 +96,12 @@
     return op.id;
   }
 
+  // Where the operation writes: a download's file, an install's folder (SPEC 15).
+  function opDestination(op) {
+    const spec = op.spec || {};
+    return spec.dest || spec.cwd || "";
+  }
+
   function opSubtitle(op) {
     const spec = op.spec || {};
     if (op.kind === "download") return spec.url || "";
@@ -166,17 +172,19 @@
     let row = $(`#ops-body tr[data-op-id="${CSS.escape(op.id)}"]`);
     if (row) return row;
     row = el("tr", { "data-op-id": op.id, "data-kind": op.kind },
-      el("td", { class: "name" }, el("div", { class: "title" }), el("div", { class: "subtitle" })),
+      el("td", { class: "name" }, el("div", { class: "title" }), el("div", { class: "subtitle" }),
+        el("div", { class: "dest" })),
       el("td", { class: "status-cell" }, el("span", { class: "badge" })),
       el("td", { class: "progress-col" },
         el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" },
           el("div", { class: "fill" })),
         el("div", { class: "progress-text" })),
-      el("td", { class: "rate" }),
+      el("td", { class: "rate" }, el("span", { class: "rate-value" }), el("div", { class: "connections" })),
       el("td", { class: "eta" }),
       el("td", { class: "recovery" },
         el("div", { class: "attempt" }), el("div", { class: "countdown" }),
-        el("div", { class: "error-message" }), el("div", { class: "suggestion" })),
+        el("div", { class: "error-message" }), el("div", { class: "suggestion" }),
+        el("div", { class: "recovered-from" })),
       el("td", { class: "actions" }));
     const body = $("#ops-body");
     body.prepend(row);
@@ -189,6 +197,9 @@
     $(".title", row).textContent = opTitle(op);
     $(".title", row).title = op.resource || "";
     $(".subtitle", row).textContent = opSubtitle(op);
+    const dest = opDestination(op);
+    $(".dest", row).textContent = dest ? `→ ${dest}` : "";
+    $(".dest", row).title = dest;
     const badge = $(".badge", row);
     badge.dataset.status = op.status;
     badge.textContent = STATUS_LABELS[op.status] || op.status;
@@ -203,11 +214,15 @@
       ? `${bytes(done)} / ${bytes(total)} (${pct.toFixed(pct < 10 ? 1 : 0)}%)` : (done ? bytes(done) : "");
 
     const running = op.status === "in_progress";
-    $(".rate", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
+    $(".rate-value", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
+    const conns = Number(op.connections || 0);
+    $(".connections", row).textContent = running && conns > 0
+      ? `${conns} connection${conns === 1 ? "" : "s"}` : "";
     $(".eta", row).textContent = running && op.eta_s !== null && op.eta_s !== undefined ? duration(op.eta_s) : "–";
 
     const attempt = $(".attempt", row);
-    const showAttempt = op.attempt > 0 && !["success", "cancelled"].includes(op.status);
+    const recovered = !!op.last_error && op.attempt > 0 && ["in_progress", "success"].includes(op.status);
+    const showAttempt = op.attempt > 0 && (!["success", "cancelled"].includes(op.status) || recovered);
     attempt.textContent = showAttempt ? `Attempt ${op.attempt}/${op.max_retries}` : "";
     const countdown = $(".countdown", row);
     if (op.status === "recovering" && op.next_retry_at) countdown.dataset.nextRetryAt = String(op.next_retry_at);
@@ -218,6 +233,9 @@
     const showError = err && ["recovering", "failed", "exhausted"].includes(op.status);
     $(".error-message", row).textContent = showError ? `${err.code}: ${err.message}` : "";
     $(".suggestion", row).textContent = showError ? err.suggestion : "";
+    // Flowing again (or done) after a retry: the failure is history, shown quietly (SPEC 2.1, 15).
+    $(".recovered-from", row).textContent = recovered
+      ? `recovered from ${op.last_error.code}: ${op.last_error.message}` : "";
 
     renderActions(row, op);
     $("#ops-empty").hidden = ops.size > 0;
@@ -231,6 +249,7 @@
     cell.dataset.key = key;
     cell.replaceChildren(...wanted.map((a) => el("button", {
       type: "button", class: a.danger ? "danger" : "", "data-action": a.action, title: a.title || null,
+      disabled: !isLive(),
     }, a.label)));
   }
 
@@ -304,6 +323,7 @@
         const fields = { status: ev.status };
         fields.error = ev.error || null;
         if ("attempt" in ev) fields.attempt = ev.attempt;
+        fields.last_error = ev.last_error || (ev.status === "recovering" ? null : ops.get(ev.op_id)?.last_error) || null;
         if ("max_retries" in ev) fields.max_retries = ev.max_retries;
         fields.next_retry_at = ev.status === "recovering" ? (ev.next_retry_at ?? null) : null;
         patch(ev.op_id, fields);
@@ -316,7 +336,7 @@
       }
       case "progress": {
         const fields = { bytes_done: ev.bytes_done, bytes_total: ev.bytes_total, rate_bps: ev.rate_bps, eta_s: ev.eta_s };
-        for (const k of ["step", "steps_done", "steps_total"]) if (k in ev) fields[k] = ev[k];
+        for (const k of ["step", "steps_done", "steps_total", "connections"]) if (k in ev) fields[k] = ev[k];
         patch(ev.op_id, fields);
         break;
       }
@@ -341,11 +361,19 @@
     }
   }
 
+  function isLive() {
+    return $("#connection").dataset.state === "live";
+  }
+
   function setConnection(state, text) {
     const conn = $("#connection");
     if (conn.dataset.state === "signed-out" && state !== "live") return;
     conn.dataset.state = state;
     conn.textContent = text;
+    // While disconnected the page cannot know what the controls would act on: they wait (SPEC 15).
+    const live = state === "live";
+    document.body.dataset.connection = state;
+    for (const button of $$("#ops-body button[data-action], #add-submit, #settings-save")) button.disabled = !live;
   }
 
   function connect() {
@@ -508,7 +536,7 @@
         showFieldError(form, res.error.field, res.error.message, "add");
       }
     } finally {
-      button.disabled = false;
+      button.disabled = !isLive();
     }
   }
 
@@ -533,7 +561,7 @@
         upsert(res.data);
       }
     } finally {
-      button.disabled = false;
+      button.disabled = !isLive();
     }
   }
 
