@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import attrs
 import httpx
@@ -27,7 +27,7 @@ import trio
 
 from ._display import JsonLines, make_display
 
-__all__ = ["Server", "ServerGone", "find_server", "follow_on_server", "spec_body"]
+__all__ = ["Remote", "Server", "ServerGone", "find_server", "follow_on_server", "spec_body"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _SETTLED = frozenset({"success", "failed", "exhausted", "cancelled"})
@@ -121,6 +121,23 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, body: Any = N
     raise _Refused(response.status_code, str(err.get("code")), str(err.get("message")), err.get("field"))
 
 
+class Remote:
+    """What a command's ``prepare`` step may ask the joined server (its view of recorded runs)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def operations(self) -> list[dict[str, Any]]:
+        return await _call(self._client, "GET", "/api/operations")  # type: ignore[no-any-return]
+
+    async def cancel(self, op_id: str) -> dict[str, Any]:
+        return await _call(self._client, "POST", f"/api/operations/{_quote(op_id)}/cancel")  # type: ignore[no-any-return]
+
+
+#: ``prepare`` for a joined server: specs to submit, or recorded operation views to follow as they are.
+JoinPrepare = Callable[[Remote, list[Any]], Awaitable[list[Any]]]
+
+
 async def _take_over(client: httpx.AsyncClient, op: dict[str, Any]) -> dict[str, Any]:
     """As with the command's own engine: a paused operation resumes, a failed one is tried again."""
     action = {"paused": "resume", "failed": "force-retry", "exhausted": "force-retry"}.get(op["status"])
@@ -152,10 +169,14 @@ def _say(message: str) -> None:
     print(f"recovery: {message}", file=sys.stderr, flush=True)
 
 
-async def follow_on_server(server: Server, specs: Sequence[Any], *, json_mode: bool = False) -> int:
+async def follow_on_server(server: Server, specs: Sequence[Any], *, json_mode: bool = False,
+                           prepare: JoinPrepare | None = None) -> int:
     """Submit ``specs`` to ``server``, show them until settled; the exit code of SPEC 13.
 
-    Raises `ServerGone` when the server goes away before they settle.
+    ``prepare`` sees the server first and says what to run instead (as
+    `run_specs`'s does with the command's own engine); a `RefusedError` from
+    it is a usage error. Raises `ServerGone` when the server goes away before
+    the operations settle.
     """
     from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
@@ -167,7 +188,7 @@ async def follow_on_server(server: Server, specs: Sequence[Any], *, json_mode: b
                                      timeout=_TIMEOUT_S) as client:
             async with open_websocket_url(ws_url, extra_headers=headers) as ws:
                 await ws.get_message()  # the snapshot: the subscription is live from here on
-                return await _run(server, client, ws, specs, json_mode)
+                return await _run(server, client, ws, specs, json_mode, prepare)
     except BaseException as exc:  # noqa: BLE001 - nurseries wrap the one error that matters
         cause = _single(exc)
         if isinstance(cause, gone):
@@ -182,21 +203,31 @@ def _single(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequence[Any], json_mode: bool) -> int:
+async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequence[Any], json_mode: bool,
+               prepare: JoinPrepare | None) -> int:
+    from .._errors import RefusedError
     from .._platform import interrupt_signals
 
     with trio.open_signal_receiver(*interrupt_signals()) as sigint:
         views: dict[str, dict[str, Any]] = {}
         try:
-            for spec in specs:
-                op = await _take_over(client, await _call(client, "POST", "/api/operations", spec_body(spec)))
+            todo = list(specs) if prepare is None else await prepare(Remote(client), list(specs))
+        except RefusedError as exc:
+            field = f" (field: {exc.field})" if exc.field else ""
+            _say(f"{exc.code}: {exc.message}{field}")
+            return EXIT_USAGE
+        try:
+            for spec in todo:
+                op = spec if isinstance(spec, dict) else await _call(client, "POST", "/api/operations",
+                                                                      spec_body(spec))
+                op = await _take_over(client, op)
                 views[op["id"]] = op
         except _Refused as exc:
             field = f" (field: {exc.field})" if exc.field else ""
             _say(f"the engine serving this state directory ({server.url}) refused: {exc.code}: "
                  f"{exc.message}{field}")
             return EXIT_USAGE if exc.status == 422 else EXIT_FAILED
-        if not json_mode:
+        if not json_mode and views:
             _say(f"joined the engine that holds this state directory ({server.url}); "
                  "Ctrl-C pauses these operations there")
         interrupted = False

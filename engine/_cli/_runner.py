@@ -115,7 +115,9 @@ async def _serve_locally(eng: Engine) -> None:
     from .._server import serve_control
 
     try:
-        await serve_control(eng, host="127.0.0.1", port=0)
+        # Installs are accepted: only holders of the token (this user's state directory)
+        # reach it, and they are the user who may run `recovery run` anyway.
+        await serve_control(eng, host="127.0.0.1", port=0, allow_installs=True)
     except OSError as exc:  # no loopback socket: the command still runs, it just cannot be joined
         logging.getLogger("engine.cli").warning("cannot serve the local control channel: %s", exc)
 
@@ -215,7 +217,11 @@ async def _follow_json(eng: Engine, ids: list[str], sub: Any) -> None:
 
 
 def run_cli(make_specs: Callable[[], Sequence[Any]], args: argparse.Namespace, **kwargs: Any) -> int:
-    """Parse the common options, build the specs, run them in trio."""
+    """Parse the common options, build the specs, run them in trio (own engine, or joined).
+
+    ``kwargs`` go to `run_specs`, but ``join_prepare``, which plays ``prepare``'s part
+    on a joined server (`._join.follow_on_server`).
+    """
     try:
         overrides = overrides_from(args)
         specs = make_specs()
@@ -244,6 +250,7 @@ async def _run_or_join(specs: Sequence[Any], args: argparse.Namespace, overrides
     from .._store import default_state_dir
 
     state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    join_prepare = kwargs.pop("join_prepare", None)  # the joined twin of ``prepare``
     locked_since: float | None = None
     told = False
     while True:
@@ -252,7 +259,7 @@ async def _run_or_join(specs: Sequence[Any], args: argparse.Namespace, overrides
             if any(isinstance(s, Operation) for s in specs):
                 raise AssertionError("only specs are handed to a server")  # pragma: no cover
             try:
-                return await follow_on_server(server, specs, json_mode=args.json)
+                return await follow_on_server(server, specs, json_mode=args.json, prepare=join_prepare)
             except ServerGone:
                 print(f"recovery: the engine at {server.url} stopped; continuing here", file=sys.stderr)
                 locked_since, told = None, False

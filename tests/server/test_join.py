@@ -192,3 +192,57 @@ def test_second_download_joins_the_first(tmp_path, faults):
             first.kill()
             first.wait()
     assert not (state / "server.json").exists()  # removed on the way out
+
+
+def write_project(folder: Path, url: str, *, install: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    project = folder / "project.toml"
+    steps = f'[[steps]]\nkind = "download"\nurl = "{url}"\ndest = "models/p.bin"\n'
+    if install:
+        steps += f'[[steps]]\nkind = "install"\nargv = ["{sys.executable}", "-c", "print(42)"]\n'
+    project.write_text(f'name = "joined-project"\n{steps}')
+    return project
+
+
+def run_project(project: Path, state_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", "run", str(project), "--state-dir", str(state_dir),
+                           *extra], capture_output=True, text=True, env=ENV, timeout=DEADLINE_S,
+                          cwd=project.parent)
+
+
+def test_run_joins_serve_and_a_rerun_is_complete(tmp_path, faults, start_serve, stop_serve):
+    """recovery run hands its project to serve (--allow-installs), exits 0; the rerun there is complete at once."""
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--allow-installs")
+    try:
+        project = write_project(server.root / "proj", faults.url("/files/p.bin", size=50_000))
+        first = run_project(project, server.state_dir)
+        assert first.returncode == 0, first.stderr
+        assert "joined the engine" in first.stderr
+        [op] = ops_of(server)
+        assert op["kind"] == "project" and op["status"] == "success"
+        assert (server.root / "proj" / "models" / "p.bin").stat().st_size == 50_000
+        again = run_project(project, server.state_dir)
+        assert again.returncode == 0, again.stderr
+        assert "already complete" in again.stderr
+        assert [o["id"] for o in ops_of(server)] == [op["id"]]  # nothing ran again
+        restarted = run_project(project, server.state_dir, "--restart")
+        assert restarted.returncode == 0, restarted.stderr
+        assert len(ops_of(server)) == 2
+    finally:
+        stop_serve(server)
+
+
+def test_run_with_installs_refused_by_serve_says_why(tmp_path, faults, start_serve, stop_serve):
+    """A serve without --allow-installs refuses a joined project that runs a command: exit 1, naming the flag."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        project = write_project(server.root / "proj", faults.url("/files/q.bin", size=1000))
+        proc = run_project(project, server.state_dir)
+        assert proc.returncode == 1, proc.stderr
+        assert "E_FORBIDDEN" in proc.stderr and "--allow-installs" in proc.stderr
+        assert ops_of(server) == []
+        downloads_only = write_project(server.root / "dl", faults.url("/files/q.bin", size=1000), install=False)
+        proc = run_project(downloads_only, server.state_dir)  # runs no command: accepted
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        stop_serve(server)
