@@ -37,6 +37,8 @@ LOCAL_CHANNEL_AFTER_S = 0.5
 #: How long a command waits for the engine holding the state directory to announce its
 #: control channel (or to let the directory go) before giving up.
 JOIN_WAIT_S = 20.0
+#: How many times in a row a joined engine may go away before the command gives up.
+JOIN_ATTEMPTS = 5
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -253,6 +255,7 @@ async def _run_or_join(specs: Sequence[Any], args: argparse.Namespace, overrides
     join_prepare = kwargs.pop("join_prepare", None)  # the joined twin of ``prepare``
     locked_since: float | None = None
     told = False
+    gone = 0
     while True:
         server = await find_server(state_dir)
         if server is not None:
@@ -260,7 +263,11 @@ async def _run_or_join(specs: Sequence[Any], args: argparse.Namespace, overrides
                 raise AssertionError("only specs are handed to a server")  # pragma: no cover
             try:
                 return await follow_on_server(server, specs, json_mode=args.json, prepare=join_prepare)
-            except ServerGone:
+            except ServerGone as exc:
+                gone += 1
+                if gone > JOIN_ATTEMPTS:  # it answers HTTP but never lets us follow: say so, do not spin
+                    raise RecoveryError(f"the engine at {server.url} holds {state_dir} but cannot be "
+                                        f"followed ({exc})") from None
                 print(f"recovery: the engine at {server.url} stopped; continuing here", file=sys.stderr)
                 locked_since, told = None, False
                 continue

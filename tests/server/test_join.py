@@ -246,3 +246,23 @@ def test_run_with_installs_refused_by_serve_says_why(tmp_path, faults, start_ser
         assert proc.returncode == 0, proc.stderr
     finally:
         stop_serve(server)
+
+
+def test_joined_download_json_prints_its_events(tmp_path, faults, start_serve, stop_serve):
+    """download --json while serve runs prints one JSON event per line, only for its own operation, to success."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        other = server.submit(faults.url("/files/other.bin", size=64 * MiB, faults=Faults(rate_bps=MiB)), "other.bin")
+        url = faults.url("/files/j.bin", size=300_000, faults=Faults(drop_after=100_000, drop_times=1))
+        proc = subprocess.run([sys.executable, "-m", "engine", "download", url, "-o", str(server.root), "--json",
+                               "--state-dir", str(server.state_dir)], capture_output=True, text=True, env=ENV,
+                              timeout=DEADLINE_S, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert {e["op_id"] for e in events if "op_id" in e} == {op_for(server, "j.bin")["id"]}
+        assert other["id"] not in proc.stdout
+        statuses = [e["status"] for e in events if e["type"] == "status"]
+        assert "recovering" in statuses and statuses[-1] == "success"
+        assert "progress" in {e["type"] for e in events}
+    finally:
+        stop_serve(server)
