@@ -266,3 +266,32 @@ def test_joined_download_json_prints_its_events(tmp_path, faults, start_serve, s
         assert "progress" in {e["type"] for e in events}
     finally:
         stop_serve(server)
+
+
+def test_import_joins_serve_without_allow_installs(tmp_path, faults, start_serve, stop_serve):
+    """recovery import hands its models (downloads only) to a serve without --allow-installs; a rerun has nothing to do."""
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        comfy = server.root / "ComfyUI"
+        (comfy / "models").mkdir(parents=True)
+        url = faults.url("/files/checkpoints/base.safetensors", size=120_000)
+        workflow = tmp_path / "workflow.json"
+        workflow.write_text(json.dumps({"nodes": [{"id": 1, "type": "CheckpointLoaderSimple", "mode": 0,
+                                                   "properties": {"models": [{"name": "base.safetensors",
+                                                                              "url": url,
+                                                                              "directory": "checkpoints"}]}}],
+                                        "links": []}))
+        argv = [sys.executable, "-m", "engine", "import", str(workflow), "--comfyui", str(comfy),
+                "--state-dir", str(server.state_dir)]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=DEADLINE_S, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "joined the engine" in proc.stderr
+        [op] = ops_of(server)
+        assert op["kind"] == "project" and op["status"] == "success"
+        dest = comfy / "models" / "checkpoints" / "base.safetensors"
+        assert sha256_of(dest) == content_sha256("/files/checkpoints/base.safetensors", 120_000)
+        again = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=DEADLINE_S, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to download" in again.stderr and len(ops_of(server)) == 1
+    finally:
+        stop_serve(server)
