@@ -255,3 +255,19 @@ def test_download_help_names_defaults_and_retry_options() -> None:
                        ("--backoff-factor F", "each further delay is F times the last (default 2"),
                        ("--max-delay S", "cap on any delay, in seconds (default 300")):
         assert f"{flag} {says}" in text, flag
+
+
+def test_log_names_url_and_destination_first_and_counts_attempts_like_the_display(
+        server: FaultServer, tmp_path: Path) -> None:
+    """recovery.log names the redacted URL and the destination at first mention, and says Attempt 1/5 on a retry."""
+    url = server.url("/files/logged.bin", size=300_000, faults=Faults(drop_after=100_000, drop_times=1))
+    proc = recovery(url.replace("http://", "http://user:SECRET-LOG@"), "--set", "initial_delay_s=0.05",
+                    tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "state" / "logs" / "recovery.log").read_text()
+    [op_id] = [s["id"] for s in snapshots(tmp_path / "state")]
+    dest = tmp_path / "out" / "logged.bin"
+    new = [line for line in text.splitlines() if f"op {op_id}: new download: " in line]
+    assert len(new) == 1 and "/files/logged.bin?" in new[0] and new[0].endswith(f" -> {dest}"), text
+    assert "SECRET-LOG" not in text
+    assert f"op {op_id}: Attempt 1/5" in text and "attempt 0/" not in text.lower()
