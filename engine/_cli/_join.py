@@ -34,6 +34,8 @@ _SETTLED = frozenset({"success", "failed", "exhausted", "cancelled"})
 _RUNNING = frozenset({"pending", "in_progress", "recovering"})
 _TIMEOUT_S = 15.0
 _TICK_S = 0.1
+#: No progress event for this long while in progress: nothing arrives (the engine's rate window).
+_STALLED_S = 3.0
 
 
 @attrs.frozen
@@ -232,6 +234,15 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                  "Ctrl-C pauses these operations there")
         interrupted = False
         stale: set[str] = set()
+        heard = {op_id: trio.current_time() for op_id in views}  # last news of each one's bytes
+
+        def shown() -> list[dict[str, Any]]:
+            """The views, with rate and ETA gone once nothing arrived for a while (never an old figure)."""
+            now = trio.current_time()
+            return [{**v, "rate_bps": 0.0, "eta_s": None}
+                    if v["status"] == "in_progress" and now - heard[op_id] > _STALLED_S else v
+                    for op_id, v in views.items()]
+
         out = JsonLines() if json_mode else None
         if out is not None:
             for op_id, view in views.items():  # where things stand, as with the command's own engine
@@ -250,6 +261,7 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                     if not mine:
                         continue
                     if event.get("type") == "progress":
+                        heard[op_id] = trio.current_time()
                         views[op_id].update({k: v for k, v in event.items() if k not in ("type", "op_id", "ts")})
                     elif event.get("type") in ("status", "retry_scheduled"):
                         if "status" in event:
@@ -262,6 +274,7 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                     for op_id in list(stale):
                         stale.discard(op_id)
                         views[op_id] = await _fetch(client, views[op_id])
+                        heard[op_id] = trio.current_time()  # the server's own recent rate
 
             async def watch_signal() -> None:
                 nonlocal interrupted
@@ -278,7 +291,7 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                 else:
                     with display:
                         while True:
-                            display.update(list(views.values()))
+                            display.update(shown())
                             if all(v["status"] in _SETTLED for v in views.values()):
                                 break
                             await trio.sleep(_TICK_S)

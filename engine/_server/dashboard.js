@@ -39,6 +39,8 @@
     download_root: ["Download root", "destinations must be inside it; set where the server starts"],
     history_limit: ["History limit", "finished operations kept"],
   };
+  // No progress event for this long while in progress: nothing arrives (the engine's rate window).
+  const STALLED_MS = 3000;
   const RECONNECT_MIN_MS = 250;
   const RECONNECT_MAX_MS = 10000;
 
@@ -214,11 +216,14 @@
       ? `${bytes(done)} / ${bytes(total)} (${pct.toFixed(pct < 10 ? 1 : 0)}%)` : (done ? bytes(done) : "");
 
     const running = op.status === "in_progress";
-    $(".rate-value", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
+    const stalled = isStalled(op);
+    row.dataset.stalled = String(stalled);
+    $(".rate-value", row).textContent = stalled ? "stalled" : running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
     const conns = Number(op.connections || 0);
     $(".connections", row).textContent = running && conns > 0
       ? `${conns} connection${conns === 1 ? "" : "s"}` : "";
-    $(".eta", row).textContent = running && op.eta_s !== null && op.eta_s !== undefined ? duration(op.eta_s) : "–";
+    $(".eta", row).textContent = running && !stalled && op.eta_s !== null && op.eta_s !== undefined
+      ? duration(op.eta_s) : "–";
 
     const attempt = $(".attempt", row);
     const recovered = !!op.last_error && op.attempt > 0 && ["in_progress", "success"].includes(op.status);
@@ -239,6 +244,12 @@
 
     renderActions(row, op);
     $("#ops-empty").hidden = ops.size > 0;
+  }
+
+  // Rate and ETA are recent figures: when nothing has arrived for a while they say so, never an old value.
+  function isStalled(op) {
+    if (op.status !== "in_progress" || !(op.bytes_done > 0)) return false;
+    return !op.rate_bps || Date.now() - (op.heardAt || 0) > STALLED_MS;
   }
 
   function renderActions(row, op) {
@@ -268,6 +279,7 @@
   }
 
   function upsert(op) {
+    op.heardAt = Date.now();
     ops.set(op.id, op);
     renderOp(op);
   }
@@ -302,7 +314,7 @@
     switch (ev.type) {
       case "snapshot": {
         const seen = new Set();
-        for (const op of ev.operations) { seen.add(op.id); ops.set(op.id, op); }
+        for (const op of ev.operations) { seen.add(op.id); op.heardAt = Date.now(); ops.set(op.id, op); }
         for (const id of Array.from(ops.keys())) if (!seen.has(id)) removeOp(id);
         $("#ops-body").replaceChildren();
         for (const op of ev.operations) renderOp(op);
@@ -337,6 +349,7 @@
       case "progress": {
         const fields = { bytes_done: ev.bytes_done, bytes_total: ev.bytes_total, rate_bps: ev.rate_bps, eta_s: ev.eta_s };
         for (const k of ["step", "steps_done", "steps_total", "connections"]) if (k in ev) fields[k] = ev[k];
+        fields.heardAt = Date.now();
         patch(ev.op_id, fields);
         break;
       }
@@ -567,6 +580,10 @@
 
   function tick() {
     for (const node of $$(".countdown[data-next-retry-at]")) updateCountdown(node);
+    for (const op of ops.values()) {
+      const row = $(`#ops-body tr[data-op-id="${CSS.escape(op.id)}"]`);
+      if (row && row.dataset.stalled !== String(isStalled(op))) renderOp(op);
+    }
   }
 
   document.addEventListener("DOMContentLoaded", () => {

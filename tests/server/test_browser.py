@@ -263,3 +263,22 @@ def test_dashboard_shows_a_recovered_download_as_flowing(tmp_path, faults, brows
     assert all(buttons.nth(i).is_disabled() for i in range(buttons.count()))
     expect(page.locator("#add-submit")).to_be_disabled()
     assert [p for p in problems if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p] == []
+
+
+def test_dashboard_says_stalled_when_nothing_arrives(tmp_path, faults, browser_page, start_serve, stop_serve):
+    """A transfer that stops sending shows "stalled" and no ETA, not the rate it had before."""
+    page, problems = browser_page
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--set", "stall_timeout_s=600")
+    try:
+        url = faults.url("/files/stall.bin", size=8 * MiB,
+                         faults=Faults(rate_bps=MiB, stall_after=MiB, stall_s=600, stall_times=1))
+        op = submit(server, url, "stall.bin")
+        row = f'tr[data-op-id="{op["id"]}"]'
+        page.goto(server.link)
+        expect(page.locator(f"{row} .rate")).to_contain_text("/s")  # flowing
+        expect(page.locator(f"{row} .rate")).to_have_text("stalled", timeout=30_000)
+        expect(page.locator(f"{row} .eta")).to_have_text("–")
+        expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+    finally:
+        stop_serve(server)
+    assert [p for p in problems if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p] == []
