@@ -175,3 +175,13 @@ def test_plain_lines_when_not_a_terminal(server: FaultServer, tmp_path: Path) ->
     assert len(set(figures)) >= 3, text
     assert all(len(line) < 400 for line in text)
     assert "✓ plain.bin: done after 1 retry" in text
+
+
+def test_sizes_are_binary_units_everywhere() -> None:
+    """The command line says MiB where the dashboard does (1024-based), never 314.6 MB for 300 MiB."""
+    from engine._units import human_bytes, human_rate
+
+    assert human_bytes(300 * MiB) == "300.0 MiB"
+    assert human_rate(20 * MiB).endswith("MiB/s")
+    js = (Path(__file__).resolve().parents[2] / "engine" / "_server" / "dashboard.js").read_text()
+    assert '["B", "KiB", "MiB", "GiB", "TiB"]' in js and "v /= 1024" in js

@@ -83,6 +83,7 @@ def test_not_found_exits_1_with_code_and_suggestion(server: FaultServer, tmp_pat
     err = squash(proc.stderr)
     assert "E_HTTP_CLIENT" in err and "404" in err
     assert "suggestion:" in err and "URL is correct" in err
+    assert proc.stderr.count("suggestion:") == 1  # said once, at the end
     assert not (tmp_path / "out" / "model.bin").exists()
     no_traceback(proc)
 
@@ -187,7 +188,7 @@ def test_ctrl_c_pauses_and_rerun_resumes(server: FaultServer, tmp_path: Path) ->
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "paused" in err
+    assert "Traceback" not in err and err.count("paused") == 1
     [snap] = snapshots(tmp_path / "state")
     assert snap["status"] == "paused"
     kept = snap["state"]["offset"]
