@@ -161,6 +161,7 @@ class OpActor:
             bytes_done=self.bytes_done, bytes_total=self.bytes_total, created_at=self.created_at,
             updated_at=self.updated_at, first_failure_at=self.first_failure_at,
             output_tail=self.output_tail[-200:], timeline=self.timeline.to_records(),
+            settings=self.services.settings.to_dict(),
         )
 
     # -- status ------------------------------------------------------------------

@@ -248,6 +248,15 @@ async def operation_report(op: dict[str, Any], *, settings: dict[str, Any], stat
     else:
         net = {"checked": True, **await check_host(*target)}
     error = op.get("error") or op.get("last_error")
+    # Read from the state dir, the settings the operation last ran with (a run's --set included) are the
+    # ones in force for it, not settings.json alone.
+    ran_with = op.get("settings_in_force")
+    if source == "engine":
+        settings_source = "the running engine"
+    elif ran_with:
+        settings, settings_source = {**settings, **ran_with}, "the operation's last snapshot"
+    else:
+        settings_source = "settings.json (the operation recorded none)"
     doc = {
         "report": "operation",
         "generated_at": time.time(),
@@ -269,6 +278,7 @@ async def operation_report(op: dict[str, Any], *, settings: dict[str, Any], stat
         },
         "network": net,
         "settings": dict(settings),
+        "settings_source": settings_source,
         "versions": _versions(),
         "log_lines": _log_lines(state_dir, str(op.get("id"))),
     }
@@ -396,9 +406,11 @@ def _snapshot_view(snap: OpSnapshot, max_retries: int, describe: Callable[[str, 
         spec = dict(snap.spec)
         if isinstance(spec.get("headers"), dict):
             spec["headers"] = redact_headers(spec["headers"])
+    ran_with = dict(snap.settings)
     return {
         "id": snap.id, "kind": snap.kind, "status": snap.status, "spec": spec, "error": snap.error,
-        "attempt": snap.retries, "max_retries": max_retries, "retries_total": snap.retries_total,
+        "attempt": snap.retries, "max_retries": ran_with.get("max_retries", max_retries),
+        "retries_total": snap.retries_total, "settings_in_force": ran_with or None,
         "bytes_done": snap.bytes_done, "bytes_total": snap.bytes_total, "created_at": snap.created_at,
         "updated_at": snap.updated_at, "output_tail": list(snap.output_tail[-20:]),
         "timeline": list(snap.timeline),
@@ -426,7 +438,8 @@ def report_text(doc: dict[str, Any]) -> str:
         op, summary = doc["operation"], doc["summary"]
         add(f"Recovery report for operation {op.get('id')} ({summary['kind']}), {_when(doc['generated_at'])}")
         add(f"status: {summary['status']}   retries: {summary['retries']} "
-            f"(attempt {summary['attempt']}/{summary['max_retries']}, {summary['attempts']} attempts recorded)")
+            f"(attempt {summary['attempt']}/{summary['max_retries']}, {summary['attempts']} "
+            f"attempt{'' if summary['attempts'] == 1 else 's'} recorded)")
         if summary.get("code"):
             add(f"error: {summary['code']}: {summary['message']}")
             add(f"suggestion: {summary['suggestion']}")
@@ -472,7 +485,8 @@ def report_text(doc: dict[str, Any]) -> str:
     add(f"  memory available: {_bytes(mem.get('available_bytes'))} of {_bytes(mem.get('total_bytes'))}")
     v = doc.get("versions") or {}
     add(f"versions: engine {v.get('engine')}, Python {v.get('python')}, {v.get('os')}")
-    add("settings: " + ", ".join(f"{k}={val}" for k, val in sorted((doc.get("settings") or {}).items())))
+    where = f" (from {doc['settings_source']})" if doc.get("settings_source") else ""
+    add(f"settings{where}: " + ", ".join(f"{k}={val}" for k, val in sorted((doc.get("settings") or {}).items())))
     logs = doc.get("log_lines") or []
     add("")
     add(f"recent log lines ({len(logs)}):")

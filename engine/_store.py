@@ -56,6 +56,8 @@ class OpSnapshot:
     first_failure_at: float | None = None
     output_tail: list[str] = attrs.Factory(list)
     timeline: list[dict[str, Any]] = attrs.Factory(list)  # absent in older snapshots
+    # the settings in force when it was written, for a report read from the state dir (SPEC 10.2)
+    settings: dict[str, Any] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -243,6 +243,7 @@
       ? `recovered from ${op.last_error.code}: ${op.last_error.message}` : "";
 
     renderActions(row, op);
+    renderHelp(row, op);
     $("#ops-empty").hidden = ops.size > 0;
   }
 
@@ -322,6 +323,7 @@
         renderStats(ev.stats);
         loadBreakers();
         loadSettings();
+        loadHistory();
         break;
       }
       case "submitted":
@@ -362,6 +364,7 @@
         break;
       case "stats":
         renderStats(ev);
+        scheduleHistory();
         break;
       case "settings":
         if (ev.settings) renderSettings(ev.settings, false);
@@ -578,6 +581,399 @@
     }
   }
 
+  // ---- help when things go wrong (SPEC 10.1, 10.2): history chart, attempt timeline, report ----
+  // Self-contained: renderOp calls renderHelp(row, op); events call loadHistory / scheduleHistory.
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const CHART_HEIGHT = 240;
+  const CODE_COLORS = {
+    E_NET_INTERRUPTED: "#e08a00", E_NET_TIMEOUT: "#d4b106", E_NET_UNREACHABLE: "#7b57d1",
+    E_SERVER_OVERLOAD: "#d1453b", E_HTTP_CLIENT: "#2a8fbd", E_AUTH: "#b8327a", E_INTEGRITY: "#0f9b8e",
+    E_DISK_FULL: "#6d4c41", E_PERMISSION: "#8d6e63", E_TLS: "#546e7a", E_CIRCUIT_OPEN: "#9e9e9e",
+    E_INSTALL_FAILED: "#5c6bc0", E_INTERNAL: "#37474f",
+  };
+  const SPARE_COLORS = ["#e377c2", "#17becf", "#bcbd22", "#8c564b", "#7f7f7f", "#1f77b4"];
+  const TRIGGER_LABELS = {
+    submit: "first start", automatic: "automatic retry", retry_now: "retry now", force_retry: "force retry",
+    resume: "resume",
+  };
+  const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+
+  let historyHours = 24;
+  let historyData = null;
+  let historyTimer = null;
+  let historyAsked = 0;
+  const expanded = new Set();
+  const reports = new Map();  // op id -> {doc, text} of the last report shown
+
+  function svg(tag, attrs = {}, text) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function codeColor(code, order) {
+    return CODE_COLORS[code] || SPARE_COLORS[Math.max(0, order) % SPARE_COLORS.length];
+  }
+
+  function niceStep(max, ticks) {
+    const raw = max / ticks;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 5, 10]) if (m * mag >= raw) return m * mag;
+    return 10 * mag;
+  }
+
+  // A round step in the unit the bytes are shown in (KiB, MiB...), so the axis reads 500 KiB/s, not 488.
+  function binaryStep(max, ticks) {
+    let unit = 1;
+    while (max / unit >= 1024 && unit < 1024 ** 4) unit *= 1024;
+    return niceStep(max / unit, ticks) * unit;
+  }
+
+  function shortDuration(s) {
+    if (s === null || s === undefined || !isFinite(s)) return "–";
+    return s < 10 ? `${Number(s.toFixed(s < 1 ? 2 : 1))}s` : duration(s);
+  }
+
+  function hourLabel(ts, long) {
+    const d = new Date(ts * 1000);
+    const hh = `${String(d.getHours()).padStart(2, "0")}:00`;
+    return long ? `${WEEKDAYS[d.getDay()]} ${hh}` : hh;
+  }
+
+  // Average throughput of an hour: its bytes over its length (the current hour: the part gone by).
+  function throughputOf(bucket) {
+    const elapsed = Math.min(3600, Math.max(60, Date.now() / 1000 - bucket.hour));
+    return bucket.bytes_received / elapsed;
+  }
+
+  async function loadHistory() {
+    clearTimeout(historyTimer);
+    historyTimer = null;
+    const asked = ++historyAsked;
+    const res = await api("GET", `/api/recovery/history?hours=${historyHours}`);
+    if (!res.ok || asked !== historyAsked) return;  // a later request (or another period) won
+    historyData = res.data;
+    drawHistory(historyData);
+  }
+
+  function scheduleHistory() {
+    if (historyTimer) return;
+    historyTimer = setTimeout(loadHistory, 1000);
+  }
+
+  function drawHistory(data) {
+    const chart = $("#history-chart");
+    const buckets = data.buckets || [];
+    const totals = data.totals || { failures_by_code: {} };
+    const codes = Object.keys(totals.failures_by_code || {})
+      .sort((a, b) => totals.failures_by_code[b] - totals.failures_by_code[a] || a.localeCompare(b));
+    const width = Math.max(360, Math.round(chart.clientWidth || chart.getBoundingClientRect().width || 900));
+    const m = { left: 46, right: 82, top: 24, bottom: 30 };
+    const plotW = width - m.left - m.right, plotH = CHART_HEIGHT - m.top - m.bottom;
+    chart.setAttribute("viewBox", `0 0 ${width} ${CHART_HEIGHT}`);
+    chart.setAttribute("width", String(width));
+
+    const n = Math.max(1, buckets.length);
+    const slot = plotW / n;
+    const barW = Math.max(1.5, Math.min(42, slot * 0.7));
+    const maxFailures = Math.max(1, ...buckets.map((b) => b.failures || 0));
+    const fStep = Math.max(1, niceStep(maxFailures, 4));
+    const fTop = Math.max(fStep, Math.ceil(maxFailures / fStep) * fStep);
+    const rates = buckets.map(throughputOf);
+    const maxRate = Math.max(0, ...rates);
+    const rStep = maxRate > 0 ? binaryStep(maxRate, 4) : 1;
+    const rTop = maxRate > 0 ? Math.ceil(maxRate / rStep) * rStep : 1;
+    const y = (v) => m.top + plotH - (plotH * v) / fTop;
+    const yRate = (v) => m.top + plotH - (plotH * v) / rTop;
+    const x = (i) => m.left + slot * i + slot / 2;
+
+    const nodes = [];
+    for (let v = 0; v <= fTop + 1e-9; v += fStep) {
+      nodes.push(svg("line", { class: "grid", x1: m.left, x2: m.left + plotW, y1: y(v), y2: y(v) }));
+      nodes.push(svg("text", { class: "axis axis-left", x: m.left - 6, y: y(v) + 4, "text-anchor": "end" },
+        String(Math.round(v))));
+    }
+    if (maxRate > 0) {
+      for (let v = 0; v <= rTop + 1e-9; v += rStep) {
+        nodes.push(svg("text", { class: "axis axis-right", x: m.left + plotW + 6, y: yRate(v) + 4 },
+          `${bytes(Math.round(v))}/s`));
+      }
+    }
+    nodes.push(svg("text", { class: "axis-title", x: m.left, y: 10 }, "failures per hour"));
+    nodes.push(svg("text", { class: "axis-title", x: m.left + plotW + m.right - 4, y: 10, "text-anchor": "end" },
+      "throughput"));
+    const every = Math.max(1, Math.ceil(n / 12));
+    buckets.forEach((b, i) => {
+      if ((n - 1 - i) % every !== 0) return;
+      nodes.push(svg("text", { class: "axis axis-bottom", x: x(i), y: CHART_HEIGHT - 10, "text-anchor": "middle" },
+        hourLabel(b.hour, n > 24)));
+    });
+
+    buckets.forEach((b, i) => {
+      let base = 0;
+      const when = `${hourLabel(b.hour, true)}–${hourLabel(b.hour + 3600, false)}`;
+      codes.forEach((code, order) => {
+        const count = (b.failures_by_code || {})[code] || 0;
+        if (!count) return;
+        const rect = svg("rect", {
+          class: "fail-bar", "data-code": code, "data-hour": b.hour, "data-count": count,
+          x: x(i) - barW / 2, y: y(base + count), width: barW, height: Math.max(1, y(base) - y(base + count)),
+          fill: codeColor(code, order),
+        });
+        rect.append(svg("title", {}, `${when}: ${code} × ${count}`));
+        nodes.push(rect);
+        base += count;
+      });
+    });
+
+    if (maxRate > 0) {
+      const points = buckets.map((b, i) => `${x(i).toFixed(1)},${yRate(rates[i]).toFixed(1)}`);
+      nodes.push(svg("polyline", { class: "throughput", points: points.join(" ") }));
+      buckets.forEach((b, i) => {
+        if (!b.bytes_received) return;
+        const dot = svg("circle", { class: "throughput-point", cx: x(i), cy: yRate(rates[i]), r: 3.5,
+                                    "data-hour": b.hour, "data-bps": Math.round(rates[i]) });
+        dot.append(svg("title", {}, `${hourLabel(b.hour, true)}: ${bytes(b.bytes_received)} received, `
+          + `${bytes(Math.round(rates[i]))}/s on average`));
+        nodes.push(dot);
+      });
+    }
+    nodes.push(svg("line", { class: "baseline", x1: m.left, x2: m.left + plotW, y1: y(0), y2: y(0) }));
+    if (!totals.failures && !totals.bytes_received) {
+      nodes.push(svg("text", { class: "empty-chart", x: m.left + plotW / 2, y: m.top + plotH / 2,
+                               "text-anchor": "middle" }, "Nothing recorded in this period"));
+    }
+    chart.replaceChildren(...nodes);
+    chart.dataset.hours = String(data.hours);
+    chart.dataset.failures = String(totals.failures || 0);
+    chart.dataset.drawn = "true";
+
+    const period = data.hours === 168 ? "7 days" : `${data.hours} h`;
+    $("#history-summary").textContent = `last ${period}: ${totals.failures || 0} failures in `
+      + `${totals.attempts || 0} attempts · ${totals.recoveries || 0} recovered · `
+      + `${bytes(totals.bytes_received || 0)} received`;
+    const legend = codes.map((code, order) => {
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = codeColor(code, order);
+      return el("span", { class: "legend-item", "data-code": code }, swatch,
+        el("span", { text: `${code} ${totals.failures_by_code[code]}` }));
+    });
+    legend.push(el("span", { class: "legend-item legend-throughput" }, el("span", { class: "swatch line" }),
+      el("span", { text: "throughput (average per hour)" })));
+    $("#history-legend").replaceChildren(...legend);
+  }
+
+  function setHistoryHours(event) {
+    const button = event.target.closest("button[data-hours]");
+    if (!button) return;
+    historyHours = Number(button.dataset.hours);
+    for (const b of $$(".history-range button")) b.setAttribute("aria-pressed", String(b === button));
+    loadHistory();
+  }
+
+  // -- the attempt timeline, in a row under the operation's row
+
+  function timelineKey(op) {
+    const t = op.timeline || [];
+    const last = t[t.length - 1];
+    return `${t.length}:${last ? `${last.number}/${last.ended_at}/${last.bytes_received}` : ""}`;
+  }
+
+  function detailRow(id) {
+    return $(`#ops-body tr.detail-row[data-detail-for="${CSS.escape(id)}"]`);
+  }
+
+  function renderHelp(row, op) {
+    const nameCell = $(".name", row);
+    let tools = $(".help-tools", nameCell);
+    if (!tools) {
+      tools = el("div", { class: "help-tools" },
+        el("button", { type: "button", class: "link timeline-toggle", "data-help": "timeline",
+                       "aria-expanded": "false" }));
+      nameCell.append(tools);
+    }
+    const count = (op.timeline || []).length;
+    const toggle = $(".timeline-toggle", tools);
+    const open = expanded.has(op.id);
+    toggle.textContent = `${open ? "▾" : "▸"} ${count} attempt${count === 1 ? "" : "s"}`;
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.disabled = count === 0 && !open;
+
+    const cell = $(".actions", row);
+    let helpActions = $(".help-actions", cell);
+    const wantsReport = ["failed", "exhausted"].includes(op.status);
+    if (wantsReport && !helpActions) {
+      helpActions = el("span", { class: "help-actions" },
+        el("button", { type: "button", class: "report-button", "data-help": "report",
+                       title: "A support report: copy it as text or download it as JSON" }, "Report"));
+      cell.append(helpActions);
+    } else if (!wantsReport && helpActions) {
+      helpActions.remove();
+    }
+
+    let detail = detailRow(op.id);
+    if (!open) {
+      if (detail) detail.remove();
+      return;
+    }
+    const columns = $("#operations thead tr").children.length;
+    if (!detail) {
+      detail = el("tr", { class: "detail-row", "data-detail-for": op.id },
+        el("td", { colspan: String(columns) },
+          el("div", { class: "timeline" }), el("div", { class: "report-panel", hidden: true })));
+    }
+    if (detail.previousElementSibling !== row) row.after(detail);
+    const box = $(".timeline", detail);
+    const key = timelineKey(op);
+    if (box.dataset.key !== key) {
+      box.dataset.key = key;
+      box.replaceChildren(timelineTable(op));
+    }
+  }
+
+  function timelineTable(op) {
+    const entries = op.timeline || [];
+    if (!entries.length) return el("p", { class: "empty", text: "No attempt has started yet." });
+    const head = el("tr", {}, ...["#", "Started by", "Waited before", "Started", "Took", "Outcome", "Error",
+      "Received", "Connections"].map((h) => el("th", { text: h })));
+    const rows = entries.map((t) => {
+      const took = t.ended_at ? shortDuration(t.ended_at - t.started_at) : "running";
+      const outcome = t.outcome || "running";
+      return el("tr", { class: "attempt-row", "data-number": String(t.number), "data-outcome": outcome },
+        el("td", { text: String(t.number) }),
+        el("td", { text: TRIGGER_LABELS[t.trigger] || t.trigger }),
+        el("td", { text: t.delay_s ? shortDuration(t.delay_s) : "–" }),
+        el("td", { text: new Date(t.started_at * 1000).toLocaleTimeString() }),
+        el("td", { text: took }),
+        el("td", {}, el("span", { class: "outcome", "data-outcome": outcome, text: outcome })),
+        el("td", { class: "attempt-code", text: t.code || "" }),
+        el("td", { text: bytes(t.bytes_received || 0) }),
+        el("td", { text: t.connections === null || t.connections === undefined ? "–" : String(t.connections) }));
+    });
+    return el("table", { class: "attempts" }, el("thead", {}, head), el("tbody", {}, ...rows));
+  }
+
+  function toggleTimeline(id) {
+    if (expanded.has(id)) expanded.delete(id);
+    else expanded.add(id);
+    const op = ops.get(id);
+    const row = $(`#ops-body tr[data-op-id="${CSS.escape(id)}"]`);
+    if (op && row) renderHelp(row, op);
+  }
+
+  // -- the support report: copy as text, download as JSON
+
+  async function openReport(id) {
+    expanded.add(id);
+    const op = ops.get(id);
+    const row = $(`#ops-body tr[data-op-id="${CSS.escape(id)}"]`);
+    if (!op || !row) return;
+    renderHelp(row, op);
+    const panel = $(".report-panel", detailRow(id));
+    panel.hidden = false;
+    panel.dataset.state = "loading";
+    panel.replaceChildren(el("p", { class: "muted", text: "Collecting the report and checking the host now…" }));
+    const path = `/api/operations/${encodeURIComponent(id)}/report`;
+    const [json, text] = await Promise.all([api("GET", path), reportText(path)]);
+    if (!json.ok) {
+      panel.dataset.state = "error";
+      panel.replaceChildren(el("p", { class: "error-message", text: `${json.error.code}: ${json.error.message}` }));
+      return;
+    }
+    const doc = json.data;
+    reports.set(id, { doc, text: text ?? JSON.stringify(doc, null, 2) });
+    const summary = doc.summary || {};
+    const net = doc.network || {};
+    let check = "network check not run";
+    if (net.checked) {
+      check = net.ok ? `${net.host}:${net.port} reachable now (DNS ${net.dns.elapsed_ms} ms, TCP ${net.tcp.elapsed_ms} ms)`
+        : `${net.host}:${net.port} not reachable now: ${net.dns.ok ? `TCP ${net.tcp.error}` : `DNS ${net.dns.error}`}`;
+    }
+    panel.dataset.state = "ready";
+    panel.replaceChildren(
+      el("div", { class: "report-head" },
+        el("strong", { text: "Support report" }),
+        el("span", { class: "report-summary",
+                     text: `${summary.code || "no error"} · ${summary.retries} retries · ${check}` }),
+        el("button", { type: "button", "data-help": "copy-report" }, "Copy as text"),
+        el("button", { type: "button", "data-help": "download-report" }, "Download JSON"),
+        el("span", { class: "report-result", role: "status" })),
+      el("pre", { class: "report-text", text: reports.get(id).text }));
+  }
+
+  async function reportText(path) {
+    try {
+      const response = await fetch(`${path}?format=text`, { credentials: "same-origin" });
+      return response.ok ? await response.text() : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  async function copyReport(id, panel) {
+    const report = reports.get(id);
+    if (!report) return;
+    const result = $(".report-result", panel);
+    try {
+      await navigator.clipboard.writeText(report.text);
+    } catch (err) {  // no clipboard API (or refused): copy from a selected text area
+      const area = el("textarea", { class: "offscreen", readonly: true });
+      area.value = report.text;
+      document.body.append(area);
+      area.select();
+      const ok = document.execCommand("copy");
+      area.remove();
+      if (!ok) { result.textContent = "Could not copy: select the text below."; return; }
+    }
+    result.textContent = "Copied.";
+  }
+
+  function downloadReport(id) {
+    const report = reports.get(id);
+    if (!report) return;
+    const blob = new Blob([JSON.stringify(report.doc, null, 2) + "\n"], { type: "application/json" });
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: `recovery-report-${id}.json`, class: "offscreen" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  function onHelpClick(event) {
+    const button = event.target.closest("button[data-help]");
+    if (!button) return;
+    const owner = button.closest("tr[data-op-id], tr[data-detail-for]");
+    const id = owner.dataset.opId || owner.dataset.detailFor;
+    const what = button.dataset.help;
+    if (what === "timeline") toggleTimeline(id);
+    else if (what === "report") openReport(id);
+    else if (what === "copy-report") copyReport(id, button.closest(".report-panel"));
+    else if (what === "download-report") downloadReport(id);
+  }
+
+  // A removed operation takes its detail row with it.
+  function dropOrphanDetails() {
+    for (const detail of $$("#ops-body tr.detail-row")) {
+      const id = detail.dataset.detailFor;
+      if (!$(`#ops-body tr[data-op-id="${CSS.escape(id)}"]`)) { detail.remove(); expanded.delete(id); }
+    }
+  }
+
+  function setupHelp() {
+    $("#ops-body").addEventListener("click", onHelpClick);
+    new MutationObserver(dropOrphanDetails).observe($("#ops-body"), { childList: true });
+    $(".history-range").addEventListener("click", setHistoryHours);
+    let resizeTimer = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => { if (historyData) drawHistory(historyData); }, 150);
+    });
+    setInterval(loadHistory, 60000);  // a new hour begins even when nothing happens
+  }
+
   function tick() {
     for (const node of $$(".countdown[data-next-retry-at]")) updateCountdown(node);
     for (const op of ops.values()) {
@@ -591,6 +987,7 @@
     $("#add-form").addEventListener("submit", addDownload);
     $("#settings-form").addEventListener("submit", saveSettings);
     setInterval(tick, 200);
+    setupHelp();
     connect();
   });
 })();

@@ -17,20 +17,27 @@ import email.utils
 import http
 import json
 import logging
-import queue
 import socket
 import struct
 import sys
-import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 
 import attrs
 import trio
 
 from .._platform import unsent_bytes
-from ._faultcontent import Accounting, Faults, LiveRecord, ServerStats, VirtualFile, file_url, iter_content, plan_response
+from ._faultcontent import (
+    Accounting,
+    Faults,
+    LiveRecord,
+    ServerStats,
+    VirtualFile,
+    file_url,
+    iter_content,
+    plan_response,
+)
+from ._thread import serve_in_thread
 
 __all__ = ["FaultServer", "main"]
 
@@ -244,44 +251,14 @@ class FaultServer:
             finally:
                 nursery.cancel_scope.cancel()
 
-    @contextlib.contextmanager
-    def run_in_thread(self) -> Iterator[str]:
-        """Serve from a daemon thread running its own ``trio.run``; yields the base URL.
+    def run_in_thread(self) -> contextlib.AbstractContextManager[str]:
+        """Serve from a daemon thread running its own ``trio.run``; ``with`` yields the base URL.
 
         Leaving the block cancels the server and joins the thread; an error
         that stopped the server is raised there.
         """
-        handoff: queue.Queue[Any] = queue.Queue()
-        failure: list[BaseException] = []
-
-        async def run() -> None:
-            listeners = await self._listen()
-            with trio.CancelScope() as scope:
-                handoff.put((trio.lowlevel.current_trio_token(), scope, self.base_url))
-                await trio.serve_listeners(self._handle, listeners)
-
-        def target() -> None:
-            try:
-                trio.run(run)
-            except BaseException as exc:
-                failure.append(exc)
-                handoff.put(None)
-
-        thread = threading.Thread(target=target, name=f"FaultServer-{self.host}:{self.port}", daemon=True)
-        thread.start()
-        started = handoff.get()
-        if started is None:
-            thread.join()
-            raise failure[0]
-        token, scope, url = started
-        try:
-            yield url
-        finally:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(scope.cancel, trio_token=token)
-            thread.join()
-        if failure:
-            raise failure[0]
+        return serve_in_thread(self._listen, self._handle, lambda: self.base_url,
+                               name=f"FaultServer-{self.host}:{self.port}")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:

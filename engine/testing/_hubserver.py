@@ -24,18 +24,15 @@ outside trio, ``with hub.run_in_thread()`` (the CDN runs on its own).
 from __future__ import annotations
 
 import contextlib
-import queue
 import re
-import threading
 import urllib.parse
-from collections.abc import Iterator
-from typing import Any
 
 import attrs
 import trio
 
 from ._faultcontent import Faults
 from ._faultserver import FaultServer, _read_request, _send_simple
+from ._thread import serve_in_thread
 
 __all__ = ["HubServer"]
 
@@ -86,40 +83,14 @@ class HubServer:
         task_status.started(self.base_url)
         await trio.serve_listeners(self._handle, listeners)
 
-    @contextlib.contextmanager
-    def run_in_thread(self) -> Iterator[str]:
-        """Serve from a daemon thread running its own ``trio.run``; yields the base URL."""
-        handoff: queue.Queue[Any] = queue.Queue()
-        failure: list[BaseException] = []
+    def run_in_thread(self) -> contextlib.AbstractContextManager[str]:
+        """Serve from a daemon thread running its own ``trio.run``; ``with`` yields the base URL.
 
-        async def run() -> None:
-            listeners = await self._listen()
-            with trio.CancelScope() as scope:
-                handoff.put((trio.lowlevel.current_trio_token(), scope, self.base_url))
-                await trio.serve_listeners(self._handle, listeners)
-
-        def target() -> None:
-            try:
-                trio.run(run)
-            except BaseException as exc:
-                failure.append(exc)
-                handoff.put(None)
-
-        thread = threading.Thread(target=target, name="HubServer", daemon=True)
-        thread.start()
-        started = handoff.get()
-        if started is None:
-            thread.join()
-            raise failure[0]
-        token, scope, url = started
-        try:
-            yield url
-        finally:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(scope.cancel, trio_token=token)
-            thread.join()
-        if failure:
-            raise failure[0]
+        Leaving the block cancels the server and joins the thread; an error
+        that stopped the server is raised there.
+        """
+        return serve_in_thread(self._listen, self._handle, lambda: self.base_url,
+                               name="HubServer")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         async with stream:

@@ -61,6 +61,7 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
     assert summary["retries"] == 2 and summary["attempts"] == 3 and summary["kind"] == "download"
     assert [t["code"] for t in doc["timeline"]] == ["E_SERVER_OVERLOAD"] * 3
     assert doc["settings"]["max_retries"] == 2 and doc["settings"]["initial_delay_s"] == 0.01
+    assert doc["settings_source"] == "the running engine"
     dest = doc["resources"]["destination"]
     assert dest["path"] == str(tmp_path / "dl") and dest["free_bytes"] > 0
     assert doc["resources"]["state_dir"]["free_bytes"] > 0 and doc["resources"]["memory"]["total_bytes"] > 0
@@ -79,11 +80,16 @@ async def test_report_of_an_exhausted_download(server: FaultServer, tmp_path: Pa
     offline = json.loads(out.stdout)
     assert offline["source"] == "state_dir" and offline["summary"]["code"] == "E_SERVER_OVERLOAD"
     assert offline["summary"]["retries"] == 2 and len(offline["timeline"]) == 3
-    assert offline["resources"]["destination"]["free_bytes"] > 0 and offline["settings"]["max_retries"] == 5
+    assert offline["resources"]["destination"]["free_bytes"] > 0
+    # the settings the download ran with (not settings.json's defaults), and where they come from
+    assert offline["settings"]["max_retries"] == 2 and offline["settings"]["initial_delay_s"] == 0.01
+    assert offline["settings_source"] == "the operation's last snapshot"
+    assert offline["summary"]["attempt"] == 2 and offline["summary"]["max_retries"] == 2
     assert_no_secret(out.stdout + out.stderr)
     plain = subprocess.run([sys.executable, "-m", "engine", "report", op.id], env=env,
                            capture_output=True, text=True, timeout=60)
-    assert plain.returncode == 0 and "E_SERVER_OVERLOAD" in plain.stdout
+    assert plain.returncode == 0 and "E_SERVER_OVERLOAD" in plain.stdout and "attempt 2/2" in plain.stdout
+    assert "settings (from the operation's last snapshot): " in plain.stdout and "max_retries=2" in plain.stdout
     assert_no_secret(plain.stdout)
     missing = subprocess.run([sys.executable, "-m", "engine", "report", "nope"], env=env,
                              capture_output=True, text=True, timeout=60)
@@ -134,3 +140,22 @@ async def test_history_cli_reads_the_state_directory(state_dir: Path, scripted: 
     bad = subprocess.run([sys.executable, "-m", "engine", "history", "--hours", "0"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--hours" in bad.stderr
+
+
+async def test_report_for_a_host_that_does_not_resolve_says_dns_failed(tmp_path: Path) -> None:
+    """A download from a name no resolver knows: the report's DNS check failed (measured now), TCP not tried."""
+    url = "http://no-such-host.invalid/m.bin?token=QUERYSECRET42"
+    async with open_engine(tmp_path / "state", fast(tmp_path, max_retries=0), disk=INLINE_DISK) as eng:
+        op = await eng.submit(DownloadSpec(url=url, dest="m.bin"))
+        with trio.fail_after(60):
+            final = await eng.wait(op.id)
+            doc = await live_operation_report(eng, op.id)
+    assert final.status in (Status.FAILED, Status.EXHAUSTED) and final.error is not None
+    assert doc["summary"]["code"] == final.error.code
+    net = doc["network"]
+    assert net["checked"] and net["host"] == "no-such-host.invalid" and net["port"] == 80 and net["ok"] is False
+    assert net["dns"]["ok"] is False and net["dns"]["error"] and net["dns"]["elapsed_ms"] <= 3500
+    assert net["tcp"] == {"ok": False, "error": "not tried: the DNS lookup failed"}
+    text = report_text(doc)
+    assert "DNS: FAILED" in text and "TCP connect: FAILED: not tried" in text
+    assert_no_secret(json.dumps(doc) + text)

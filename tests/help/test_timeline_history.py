@@ -140,3 +140,34 @@ def test_history_keeps_thirty_days_and_counts_all_time() -> None:
     again = History.from_record(h.to_record())
     assert summarize(again.buckets(720, now=now)) == summarize(month) and again.failures_total == h.failures_total
     assert History.from_record({"hours": "garbage"}).buckets(1, now=now)[0].attempts == 0
+
+
+async def test_counting_history_writes_nothing_per_event(
+    state_dir: Path, scripted: Any, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of counted attempts cost no write each: the history is written with the statistics, once a second."""
+    from engine._store import SnapshotStore
+
+    writes: list[float] = []
+    real_write = SnapshotStore.write_stats
+
+    def counting_write(self: SnapshotStore, record: dict[str, Any]) -> None:
+        writes.append(trio.current_time())
+        real_write(self, record)
+
+    monkeypatch.setattr(SnapshotStore, "write_stats", counting_write)
+    settings = Settings(initial_delay_s=0.5, max_delay_s=2.0, jitter=0.0, max_retries=5, max_concurrent=50,
+                        max_per_host=50, breaker_failure_threshold=1000)
+    script = ["fail:E_NET_TIMEOUT"] * 4 + ["ok"]
+    async with open_engine(state_dir, settings, kinds=[scripted], disk=INLINE_DISK) as eng:
+        started = trio.current_time()
+        ops = [await eng.submit(ScriptedSpec(name=f"m{i}", scope=f"h{i % 5}", script=script)) for i in range(50)]
+        for op in ops:
+            await eng.wait(op.id)
+        elapsed = trio.current_time() - started
+        counted = summarize(eng.history(hours=2))
+    assert counted["attempts"] == 250 and counted["failures"] == 200 and counted["recoveries"] == 50
+    # one periodic write per second of (virtual) time at most, and the last one at close
+    assert elapsed >= 5.5 and 2 <= len(writes) <= elapsed / 1.0 + 2, (len(writes), elapsed)
+    stored = History.from_record(msgpack.unpackb((state_dir / "stats.msgpack").read_bytes())["stats"]["history"])
+    assert summarize(stored.buckets(2)) == counted
