@@ -55,10 +55,13 @@ class ServerGone(Exception):
 
 
 def _read(state_dir: Path) -> Server | None:
-    from .._server import read_server_info
-
-    info = read_server_info(state_dir)
-    if info is None:
+    # The file of `engine._server.SERVER_INFO`, read here without loading the server's
+    # modules (hypercorn, starlette): a command that joins nobody never pays for them.
+    try:
+        info = json.loads((state_dir / "server.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(info, dict) and isinstance(info.get("url"), str)):
         return None
     try:
         token = (state_dir / "token").read_text(encoding="ascii").strip()
