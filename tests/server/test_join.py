@@ -295,3 +295,25 @@ def test_import_joins_serve_without_allow_installs(tmp_path, faults, start_serve
         assert "nothing to download" in again.stderr and len(ops_of(server)) == 1
     finally:
         stop_serve(server)
+
+
+def test_two_downloads_started_together_both_succeed(tmp_path, faults):
+    """Started at once on one state dir (before either serves), one joins the other: no refusal, both finish."""
+    state, out = tmp_path / "state", tmp_path / "out"
+    a_url = faults.url("/files/together-a.bin", size=64 * MiB, faults=Faults(rate_bps=MiB))
+    b_url = faults.url("/files/together-b.bin", size=200_000)
+    a, log_a = start_download(tmp_path, "a", a_url, state, out)
+    b, log_b = start_download(tmp_path, "b", b_url, state, out)
+    try:
+        assert finish(b) == 0, log_b.read_text()
+        assert sha256_of(out / "together-b.bin") == content_sha256("/files/together-b.bin", 200_000)
+        assert a.poll() is None  # whichever engine it runs in now, the long one goes on
+        a.send_signal(signal.SIGINT)
+        assert finish(a) == 130, log_a.read_text()
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    both = log_a.read_text() + log_b.read_text()
+    assert "joined the engine" in both and "already using the state directory" not in both
+    assert "Traceback" not in both
