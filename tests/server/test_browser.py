@@ -282,3 +282,55 @@ def test_dashboard_says_stalled_when_nothing_arrives(tmp_path, faults, browser_p
     finally:
         stop_serve(server)
     assert [p for p in problems if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p] == []
+
+
+async def test_dashboard_shows_the_connections_a_progress_event_carries(tmp_path):
+    """A progress event with ``connections`` (a segmented download's) shows "4 connections" in the row."""
+    from functools import partial
+
+    import attrs
+    import trio
+
+    from engine import Settings, open_engine
+    from engine._server import serve_control
+    from engine.testing._scripted import ScriptedKind, ScriptedSpec
+
+    @attrs.define(eq=False)
+    class FourConnections(ScriptedKind):
+        """``conns:N``: progress reported the way a segmented download reports it, until cancelled."""
+
+        async def _act(self, ctx: Any, spec: Any, action: str) -> None:
+            if action.startswith("conns:"):
+                done = 0
+                while True:  # a transfer that goes on, as progress does
+                    done += 1000
+                    ctx.received(1000)
+                    ctx.made_durable(1000)
+                    ctx.progress(done, spec.size, connections=int(action.split(":")[1]))
+                    await ctx.checkpoint()
+                    await trio.sleep(0.2)
+            else:
+                await super()._act(ctx, spec, action)
+
+    def drive(url: str, token: str, op_id: str) -> None:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(f"{url}/?token={token}")
+                row = f'tr[data-op-id="{op_id}"]'
+                expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+                expect(page.locator(f"{row} .connections")).to_have_text("4 connections")
+            finally:
+                browser.close()
+
+    root = tmp_path / "root"
+    root.mkdir()
+    async with open_engine(tmp_path / "state", Settings(download_root=str(root)), kinds=[FourConnections()]) as eng:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_control, eng, port=0))
+            token = (eng.state_dir / "token").read_text().strip()
+            op = await eng.submit(ScriptedSpec(name="segmented", script=["conns:4"], size=10_000_000))
+            await trio.to_thread.run_sync(drive, url, token, op.id)
+            nursery.cancel_scope.cancel()
