@@ -333,4 +333,5 @@ async def test_dashboard_shows_the_connections_a_progress_event_carries(tmp_path
             token = (eng.state_dir / "token").read_text().strip()
             op = await eng.submit(ScriptedSpec(name="segmented", script=["conns:4"], size=10_000_000))
             await trio.to_thread.run_sync(drive, url, token, op.id)
+            assert eng.get(op.id).connections == 4  # the API's view carries it too (snapshot, GET)
             nursery.cancel_scope.cancel()
