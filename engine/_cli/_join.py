@@ -187,7 +187,9 @@ async def follow_on_server(server: Server, specs: Sequence[Any], *, json_mode: b
 
     ws_url = "ws" + server.url.removeprefix("http") + "/api/events"
     headers = [(b"authorization", f"Bearer {server.token}".encode("ascii"))]
-    gone = (ServerGone, ConnectionClosed, HandshakeError, OSError, httpx.HTTPError)
+    # An answer the follow-up cannot use (a 500, a token that changed) counts as the server going
+    # away too: the caller decides again, and gives up with a message if it keeps happening.
+    gone = (ServerGone, ConnectionClosed, HandshakeError, OSError, httpx.HTTPError, _Refused)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, trust_env=False,
                                      timeout=_TIMEOUT_S) as client:
