@@ -298,7 +298,7 @@ def test_import_joins_serve_without_allow_installs(tmp_path, faults, start_serve
 
 
 def test_two_downloads_started_together_both_succeed(tmp_path, faults):
-    """Started at once on one state dir (before either serves), one joins the other: no refusal, both finish."""
+    """Started at once on one state dir (before either serves): one joins or waits for the other, never refused."""
     state, out = tmp_path / "state", tmp_path / "out"
     a_url = faults.url("/files/together-a.bin", size=64 * MiB, faults=Faults(rate_bps=MiB))
     b_url = faults.url("/files/together-b.bin", size=200_000)
@@ -315,5 +315,7 @@ def test_two_downloads_started_together_both_succeed(tmp_path, faults):
             a.kill()
             a.wait()
     both = log_a.read_text() + log_b.read_text()
-    assert "joined the engine" in both and "already using the state directory" not in both
+    # Which one joins depends on who took the directory first and how long the other took to
+    # start; whether it joined or waited for the directory to come free, nobody is refused.
+    assert "already using the state directory" not in both and "refused" not in both
     assert "Traceback" not in both
