@@ -319,3 +319,23 @@ def test_two_downloads_started_together_both_succeed(tmp_path, faults):
     # start; whether it joined or waited for the directory to come free, nobody is refused.
     assert "already using the state directory" not in both and "refused" not in both
     assert "Traceback" not in both
+
+
+async def test_an_engine_that_serves_no_channel_is_waited_for_then_named(tmp_path, autojump_clock, capsys):
+    """Held by an engine that never serves (an embedding program): the command waits, then fails naming it."""
+    import argparse
+
+    import trio
+
+    from engine import Settings, StateDirLocked, open_engine
+    from engine._cli._runner import JOIN_WAIT_S, _run_or_join
+    from engine._specs import DownloadSpec
+
+    args = argparse.Namespace(state_dir=tmp_path / "state", json=False)
+    spec = DownloadSpec(url="http://127.0.0.1:9/x.bin", dest=str(tmp_path / "x.bin"))
+    async with open_engine(tmp_path / "state", Settings()):
+        start = trio.current_time()
+        with pytest.raises(StateDirLocked, match="it serves no control channel to join"):
+            await _run_or_join([spec], args, {}, {})
+        assert trio.current_time() - start >= JOIN_WAIT_S
+    assert "waiting for the engine that holds" in capsys.readouterr().err
