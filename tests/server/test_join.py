@@ -339,3 +339,36 @@ async def test_an_engine_that_serves_no_channel_is_waited_for_then_named(tmp_pat
             await _run_or_join([spec], args, {}, {})
         assert trio.current_time() - start >= JOIN_WAIT_S
     assert "waiting for the engine that holds" in capsys.readouterr().err
+
+
+def test_when_the_engine_it_joined_stops_the_command_continues_in_its_own(tmp_path, faults):
+    """Ctrl-C on the first command pauses only its own download; the joined one goes on in its own engine."""
+    import msgpack
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    first, log1 = start_download(tmp_path, "first", faults.url("/files/owner.bin", size=64 * MiB,
+                                                                faults=Faults(rate_bps=MiB // 2)), state, out)
+    second = None
+    try:
+        wait_until(lambda: (state / "server.json").exists(), "the first command's server.json")
+        size = 16 * MiB
+        second, log2 = start_download(tmp_path, "second", faults.url("/files/guest.bin", size=size,
+                                                                      faults=Faults(rate_bps=2 * MiB)), state, out)
+        wait_until(lambda: "joined the engine" in log2.read_text(), "the second command to join")
+        wait_until(lambda: (out / "guest.bin.part").exists() and (out / "guest.bin.part").stat().st_size > 0,
+                   "the joined download's bytes")
+        first.send_signal(signal.SIGINT)
+        assert finish(first) == 130, log1.read_text()
+        assert finish(second) == 0, log2.read_text()
+        assert "stopped; continuing here" in log2.read_text()
+        assert sha256_of(out / "guest.bin") == content_sha256("/files/guest.bin", size)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    recorded = {}
+    for path in (state / "operations").glob("*.msgpack"):
+        op = msgpack.unpackb(path.read_bytes(), raw=False)["operation"]
+        recorded[Path(op["spec"]["dest"]).name] = op["status"]
+    assert recorded == {"owner.bin": "paused", "guest.bin": "success"}
