@@ -17,6 +17,7 @@ import email.utils
 import http
 import json
 import logging
+import signal
 import socket
 import struct
 import sys
@@ -445,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             url = await nursery.start(server.serve)
             print(url, flush=True)
 
+    # Ctrl-C (SIGINT) stops it even when it was started from a background job, whose shell
+    # set SIGINT to "ignore" (Python, and so trio, then leave it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         trio.run(run)
     except KeyboardInterrupt:
