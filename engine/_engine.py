@@ -439,6 +439,10 @@ class Engine:
         if op.status is Status.RECOVERING:
             fields.update(attempt=op.retries, max_retries=self._settings.max_retries,
                           next_retry_at=op.next_retry_at)
+        elif op.status is Status.IN_PROGRESS and op.retries and op.last_failure is not None:
+            # flowing again (SPEC 2.1): the attempt stays visible, the failure is history
+            fields.update(attempt=op.retries, max_retries=self._settings.max_retries,
+                          last_error=op.last_failure.to_dict())
         self._events.publish("status", op.id, **fields)
 
     def _status_changed(self, op: OpActor, previous: Status) -> None:

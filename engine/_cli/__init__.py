@@ -2,7 +2,8 @@
 
 Owns: the dispatcher (`_main`), the commands (`_download`, `_project`,
 `_serve`, `_client`), the runner that drives a batch of operations to the end
-(`_runner`), the terminal display (`_display`) and the log set-up (`_logsetup`).
+(`_runner`), joining the engine that already holds the state directory
+(`_join`), the terminal display (`_display`) and the log set-up (`_logsetup`).
 
 May import: the core of ``engine``, `engine._server` (``serve`` and the
 client commands), `engine._projects` (project files and imports) and

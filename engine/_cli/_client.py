@@ -5,7 +5,8 @@
 ``settings [KEY=VALUE...]``. The server is found through
 ``<state_dir>/server.json`` and authenticated with ``<state_dir>/token``.
 Readable tables by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the
-server refused (the code is printed), 2 usage error, 3 no server reachable.
+server refused (the code is printed), 2 usage error (``settings`` with an
+unknown name or a value the server finds invalid), 3 no server reachable.
 """
 
 from __future__ import annotations
@@ -141,8 +142,12 @@ def _run(args: argparse.Namespace, work: Any) -> int:
                 err["field"] = exc.field
             print(json.dumps({"error": err, "http_status": exc.status}))
         field = f" (field {exc.field})" if exc.field else ""
-        print(f"recovery {args.command}: refused: {exc.code}{field}: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
+        message = exc.message
+        if exc.code == "E_NOT_RETRYABLE":  # the API's word is force_retry; here it is a flag
+            message = message.replace("use force_retry", f"use `recovery retry {getattr(args, 'id', 'ID')} --force`")
+        print(f"recovery {args.command}: refused: {exc.code}{field}: {message}", file=sys.stderr)
+        # A value the server finds invalid (422) is a usage error, like a malformed one.
+        return EXIT_USAGE if exc.status == 422 and args.command == "settings" else EXIT_REFUSED
     return EXIT_OK
 
 

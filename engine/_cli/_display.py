@@ -4,9 +4,9 @@ Each operation is one bar line (name, bar, percent, size, rate, ETA, ``xN``
 connections) and at most one status line (``recovering · Attempt 2/5 · retry
 in 3s · Connection refused…``), both cut to the terminal's width so nothing
 wraps from 60 columns up. Its destination is printed once, when it first
-appears; the suggestion once, when it fails. When the output is not a
-terminal, `PlainLines` prints a line per operation at every status change
-and at least every 5 s. Every display reads operation views as plain dicts
+appears (cut in the middle to fit a terminal); the suggestion once, when it
+fails. When the output is not a terminal, `PlainLines` prints a line per
+operation at every status change and at least every 5 s. Every display reads operation views as plain dicts
 (``Operation.to_dict()`` or the API's JSON), so the embedded engine and a
 joined ``serve`` look the same.
 """
@@ -147,21 +147,33 @@ def bar_line(op: View, width: int) -> str:
     return fit(f"{name} {bar} {figures}", width)
 
 
+def fit_middle(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` cells (a path keeps its start and its file name)."""
+    if len(text) <= width:
+        return text
+    if width < 8:
+        return fit(text, width)
+    tail = (width - 1) * 2 // 3
+    return text[: width - 1 - tail] + "…" + text[-tail:]
+
+
 class _Announcer:
-    """Prints each operation's destination once, and the suggestion once on failure."""
+    """Prints each operation's destination once (within ``width`` cells on a terminal)."""
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
-        self._told: set[str] = set()
 
-    def news(self, op: View) -> list[str]:
+    def news(self, op: View, width: int | None = None) -> list[str]:
         lines = []
         op_id = str(op.get("id"))
         if op_id not in self._seen:
             self._seen.add(op_id)
             dest = destination(op)
             if dest:
-                lines.append(f"{op_label(op)} -> {dest}  (id {op_id})")
+                line, ident = f"{op_label(op)} -> {dest}", f"  (id {op_id})"
+                if width is not None and len(line) + len(ident) > width:
+                    line = fit_middle(f"-> {dest}", max(8, width - len(ident)))  # the path names the file
+                lines.append(fit(line + ident, width) if width is not None else line + ident)
         return lines
 
 
@@ -192,7 +204,9 @@ class ProgressDisplay:
     def __rich_console__(self, console: Any, options: Any) -> Any:
         from rich.text import Text
 
-        width = max(20, options.max_width)
+        # Two cells stay free for the terminal's own "^C" echo: were the last line full, the echo
+        # would wrap it, and the final redraw would start a line too low and leave a second bar.
+        width = max(20, options.max_width - 2)
         now = time.time()
         for op in self._ops.values():
             style = _STYLE.get(str(op.get("status")), "")
@@ -203,7 +217,7 @@ class ProgressDisplay:
 
     def update(self, ops: Iterable[View]) -> None:
         for op in ops:
-            for line in self._announce.news(op):
+            for line in self._announce.news(op, self.console.width):
                 self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self._ops[str(op.get("id"))] = op
         if self._live is not None:

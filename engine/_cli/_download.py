@@ -23,18 +23,23 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("download", help="download URLs resumably, surviving drops and crashes",
                        description="Download URLs into a directory. Ctrl-C pauses; run the same "
                                    "command again to resume.")
-    p.add_argument("urls", nargs="+", metavar="URL")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="directory to write into")
+    p.add_argument("urls", nargs="+", metavar="URL", help="http(s) URL of a file; several download side by side")
+    p.add_argument("-o", "--output-dir", type=Path, default=Path("."), metavar="DIR",
+                   help="directory to write into (default: the current directory)")
     p.add_argument("--sha256", action="append", default=[], metavar="HEX",
                    help="expected sha256 (once per URL, in order)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                    help="request header, e.g. an Authorization token (never logged or shown)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a file already at the destination (by default it is never replaced)")
-    p.add_argument("--max-retries", type=int)
-    p.add_argument("--initial-delay", type=float)
-    p.add_argument("--backoff-factor", type=float)
-    p.add_argument("--max-delay", type=float)
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="automatic retries after the first attempt (default 5; same as --set max_retries=N)")
+    p.add_argument("--initial-delay", type=float, metavar="S",
+                   help="seconds before retry 1 (default 2; same as --set initial_delay_s=S)")
+    p.add_argument("--backoff-factor", type=float, metavar="F",
+                   help="each further delay is F times the last (default 2; same as --set backoff_factor=F)")
+    p.add_argument("--max-delay", type=float, metavar="S",
+                   help="cap on any delay, in seconds (default 300; same as --set max_delay_s=S)")
     add_common_options(p)
     p.set_defaults(func=_download)
 

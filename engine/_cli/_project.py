@@ -17,18 +17,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 import attrs
 
 from .._engine import Engine
 from .._errors import RefusedError
-from .._model import Operation, Status
+from .._model import Operation
 from .._projects._file import load_project
+from ._join import Remote
 from ._runner import add_common_options, run_cli
 from .._specs import DownloadSpec, ProjectSpec
 
-__all__ = ["add_parsers", "recorded_project", "run_project", "take_over_project"]
+__all__ = ["add_parsers", "recorded_project", "run_project", "take_over_project", "take_over_project_on"]
 
 #: What to do when the recorded, unfinished project has other steps than the new one.
 OnChange = Literal["refuse", "take_over"]
@@ -78,7 +79,10 @@ def run_project(make_spec: Callable[[], ProjectSpec], args: argparse.Namespace, 
     async def prepare(eng: Engine, specs: list[Any]) -> list[Any]:
         return await take_over_project(eng, specs[0], on_change=on_change, restart=restart)
 
-    return run_cli(lambda: [make_spec()], args, prepare=prepare)
+    async def prepare_on(server: Remote, specs: list[Any]) -> list[Any]:
+        return await take_over_project_on(server, specs[0], on_change=on_change, restart=restart)
+
+    return run_cli(lambda: [make_spec()], args, prepare=prepare, join_prepare=prepare_on)
 
 
 def recorded_project(eng: Engine, spec: ProjectSpec) -> Operation | None:
@@ -102,38 +106,69 @@ async def take_over_project(eng: Engine, spec: ProjectSpec, *, on_change: OnChan
     recorded = recorded_project(eng, checked)
     if recorded is None:
         return [spec]
-    same = recorded.spec == kind.describe(checked)
-    steps = _where(recorded)
-    if recorded.status is Status.SUCCESS:
+    view = recorded.to_dict()
+
+    async def cancel() -> None:
+        await eng.cancel(recorded.id)
+
+    return await _decide(spec, checked.name, recorded, view, view["spec"] == kind.describe(checked), cancel,
+                         on_change=on_change, restart=restart)
+
+
+async def take_over_project_on(server: Remote, spec: ProjectSpec, *, on_change: OnChange = "refuse",
+                               restart: bool = False) -> list[Any]:
+    """`take_over_project` for a joined server: its recorded runs, seen through the API."""
+    from .._engine import builtin_kinds
+    from .._settings import Settings
+
+    kind = builtin_kinds().get("project")  # to describe the steps the way the server records them
+    checked = kind.validate(spec, Settings())
+    found = [op for op in await server.operations() if op.get("resource") == kind.resource_key(checked)]
+    if not found:
+        return [spec]
+    view = max(found, key=lambda op: op.get("created_at") or 0)
+
+    async def cancel() -> None:
+        await server.cancel(view["id"])
+
+    return await _decide(spec, checked.name, view, view, view["spec"] == kind.describe(checked), cancel,
+                         on_change=on_change, restart=restart)
+
+
+async def _decide(spec: ProjectSpec, name: str, recorded: Any, view: dict[str, Any], same: bool,
+                  cancel: Callable[[], Awaitable[None]], *, on_change: OnChange, restart: bool) -> list[Any]:
+    """The take-over rules of ``recovery run`` (module docstring), wherever the run was recorded."""
+    steps = _where(view)
+    if view["status"] == "success":
         if same and not restart:
-            _say(f"project {checked.name!r} is already complete ({steps}); nothing to do "
+            _say(f"project {name!r} is already complete ({steps}); nothing to do "
                  f"(--restart runs it again)")
             return [recorded]
         return [_refetching(spec) if restart else spec]
     if restart:
-        _say(f"project {checked.name!r}: forgetting the recorded run ({steps}) "
+        _say(f"project {name!r}: forgetting the recorded run ({steps}) "
              "and starting again from the first step")
-        await eng.cancel(recorded.id)
+        await cancel()
         return [_refetching(spec)]
     if same:
         return [recorded]
     if on_change == "take_over":
-        _say(f"project {checked.name!r}: continuing the recorded run ({steps}) "
+        _say(f"project {name!r}: continuing the recorded run ({steps}) "
              "with the steps it was started with")
         return [recorded]
     raise RefusedError(
         "E_INVALID_STATE",
-        f"project {checked.name!r} has a recorded run with other steps ({steps}); "
+        f"project {name!r} has a recorded run with other steps ({steps}); "
         "run the project unchanged to continue it, or add --restart to start the new steps from the first",
         field="steps",
     )
 
 
-def _where(op: Operation) -> str:
+def _where(view: dict[str, Any]) -> str:
     """``success, 5/5 steps`` or ``paused`` (steps done are known once the run reported them)."""
-    total = len(op.spec.get("steps", []))
-    done = total if op.status is Status.SUCCESS else op.steps_done
-    return op.status.value + (f", {done}/{total} steps done" if done is not None else "")
+    total = len(view["spec"].get("steps", []))
+    done = total if view["status"] == "success" else view.get("steps_done")
+    return str(view["status"]) + (f", {done}/{total} steps done" if done is not None else "")
 
 
 def _say(message: str) -> None:
@@ -207,7 +242,7 @@ def _import(args: argparse.Namespace) -> int:
         # the recorded run is continued as it was started (its step resumes from its offset).
         code = run_project(lambda: plan.project(name), args, on_change="take_over")
     else:
-        code = run_cli(list, args, prepare=_nothing_missing(name))
+        code = run_cli(list, args, prepare=_nothing_missing(name), join_prepare=_nothing_missing_on(name))
     if code == 0 and plan.refused:
         _say(f"{len(plan.refused)} model entr{'y was' if len(plan.refused) == 1 else 'ies were'} "
              "refused (listed above) and not downloaded")
@@ -235,6 +270,25 @@ def _nothing_missing(name: str) -> Callable[[Engine, list[Any]], Any]:
         recorded = recorded_project(eng, ProjectSpec(name=name, steps=[]))
         if recorded is not None and not recorded.terminal:
             await eng.cancel(recorded.id)  # drops its partial file; finished files stay
+            _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
+                 "needed and was cancelled (finished files stay)")
+        else:
+            _say("nothing to download")
+        return []
+
+    return prepare
+
+
+def _nothing_missing_on(name: str) -> Callable[[Remote, list[Any]], Any]:
+    """`_nothing_missing` for a joined server."""
+
+    async def prepare(server: Remote, specs: list[Any]) -> list[Any]:
+        key = f"project:{name}"
+        live = [op for op in await server.operations()
+                if op.get("resource") == key and op["status"] not in ("success", "cancelled")]
+        for op in live:
+            await server.cancel(op["id"])
+        if live:
             _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
                  "needed and was cancelled (finished files stay)")
         else:

@@ -2,7 +2,9 @@
 
 Downloads are always accepted, but only into ``download_root``; installs and
 projects run commands, so they need ``--allow-installs`` (403 ``E_FORBIDDEN``
-otherwise) and a registered kind. Unknown fields are refused naming the field
+otherwise) and a registered kind. A project whose steps are all downloads
+runs no command (``recovery import`` handed over by the command line): it is
+accepted like its downloads. Unknown fields are refused naming the field
 (``steps[2].argv`` inside a project). An ``import`` (a ComfyUI workflow and a
 ComfyUI folder inside ``download_root``) only downloads, so it is always
 accepted; it becomes the project of the models that are missing.
@@ -52,7 +54,7 @@ def _check_download_dest(engine: Engine, spec: DownloadSpec, prefix: str) -> Dow
         raise _invalid("this engine has no download kind", f"{prefix}kind")
     root = engine.settings.download_root_path
     outside = _invalid(f"the destination must be inside the download root {root}", f"{prefix}dest")
-    if spec.dest is not None and not dest_within_root(spec.dest, root):
+    if spec.dest is not None and not dest_within_root(_as_file(spec.dest), root):
         raise outside
     try:
         validated = engine.kinds.get("download").validate(spec, engine.settings)
@@ -63,6 +65,11 @@ def _check_download_dest(engine: Engine, spec: DownloadSpec, prefix: str) -> Dow
     if not dest_within_root(validated.dest, root):
         raise outside
     return validated  # type: ignore[no-any-return]
+
+
+def _as_file(dest: str) -> str:
+    """A folder destination (ending in a separator) stands for a file inside it: the root itself is fine."""
+    return dest + "x" if dest.endswith(("/", os.sep)) else dest
 
 
 def _structure(body: dict[str, Any], cls: type, prefix: str = "") -> Any:
@@ -204,6 +211,13 @@ def _import(engine: Engine, body: dict[str, Any]) -> ProjectSpec:
     return plan.project(f"import:workflow@{key}")
 
 
+def _downloads_only(body: dict[str, Any]) -> bool:
+    """A project of download steps only (and at least one): it runs no command."""
+    steps = body.get("steps")
+    return (body.get("kind") == "project" and isinstance(steps, list) and bool(steps)
+            and all(isinstance(s, dict) and s.get("kind") == "download" for s in steps))
+
+
 def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
     """The spec a JSON body asks for, or `RefusedError` (``E_INVALID_INPUT`` / ``E_FORBIDDEN``)."""
     if not isinstance(body, dict):
@@ -218,7 +232,7 @@ def spec_from_json(engine: Engine, body: Any, *, allow_installs: bool) -> Any:
             raise _invalid("the project kind is not available in this engine", "kind")
         return _import(engine, body)
     if kind in _COMMAND_KINDS:
-        if not allow_installs:
+        if not allow_installs and not _downloads_only(body):
             raise RefusedError("E_FORBIDDEN",
                                f"{kind} operations run commands; this server accepts them only when "
                                "started with --allow-installs", field="kind")

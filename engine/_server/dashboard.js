@@ -39,6 +39,8 @@
     download_root: ["Download root", "destinations must be inside it; set where the server starts"],
     history_limit: ["History limit", "finished operations kept"],
   };
+  // No progress event for this long while in progress: nothing arrives (the engine's rate window).
+  const STALLED_MS = 3000;
   const RECONNECT_MIN_MS = 250;
   const RECONNECT_MAX_MS = 10000;
 
@@ -94,6 +96,12 @@
     if (spec.name) return spec.name;
     if (Array.isArray(spec.argv)) return spec.argv.join(" ");
     return op.id;
+  }
+
+  // Where the operation writes: a download's file, an install's folder (SPEC 15).
+  function opDestination(op) {
+    const spec = op.spec || {};
+    return spec.dest || spec.cwd || "";
   }
 
   function opSubtitle(op) {
@@ -166,17 +174,19 @@
     let row = $(`#ops-body tr[data-op-id="${CSS.escape(op.id)}"]`);
     if (row) return row;
     row = el("tr", { "data-op-id": op.id, "data-kind": op.kind },
-      el("td", { class: "name" }, el("div", { class: "title" }), el("div", { class: "subtitle" })),
+      el("td", { class: "name" }, el("div", { class: "title" }), el("div", { class: "subtitle" }),
+        el("div", { class: "dest" })),
       el("td", { class: "status-cell" }, el("span", { class: "badge" })),
       el("td", { class: "progress-col" },
         el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" },
           el("div", { class: "fill" })),
         el("div", { class: "progress-text" })),
-      el("td", { class: "rate" }),
+      el("td", { class: "rate" }, el("span", { class: "rate-value" }), el("div", { class: "connections" })),
       el("td", { class: "eta" }),
       el("td", { class: "recovery" },
         el("div", { class: "attempt" }), el("div", { class: "countdown" }),
-        el("div", { class: "error-message" }), el("div", { class: "suggestion" })),
+        el("div", { class: "error-message" }), el("div", { class: "suggestion" }),
+        el("div", { class: "recovered-from" })),
       el("td", { class: "actions" }));
     const body = $("#ops-body");
     body.prepend(row);
@@ -189,6 +199,9 @@
     $(".title", row).textContent = opTitle(op);
     $(".title", row).title = op.resource || "";
     $(".subtitle", row).textContent = opSubtitle(op);
+    const dest = opDestination(op);
+    $(".dest", row).textContent = dest ? `→ ${dest}` : "";
+    $(".dest", row).title = dest;
     const badge = $(".badge", row);
     badge.dataset.status = op.status;
     badge.textContent = STATUS_LABELS[op.status] || op.status;
@@ -203,11 +216,18 @@
       ? `${bytes(done)} / ${bytes(total)} (${pct.toFixed(pct < 10 ? 1 : 0)}%)` : (done ? bytes(done) : "");
 
     const running = op.status === "in_progress";
-    $(".rate", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
-    $(".eta", row).textContent = running && op.eta_s !== null && op.eta_s !== undefined ? duration(op.eta_s) : "–";
+    const stalled = isStalled(op);
+    row.dataset.stalled = String(stalled);
+    $(".rate-value", row).textContent = stalled ? "stalled" : running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
+    const conns = Number(op.connections || 0);
+    $(".connections", row).textContent = running && conns > 0
+      ? `${conns} connection${conns === 1 ? "" : "s"}` : "";
+    $(".eta", row).textContent = running && !stalled && op.eta_s !== null && op.eta_s !== undefined
+      ? duration(op.eta_s) : "–";
 
     const attempt = $(".attempt", row);
-    const showAttempt = op.attempt > 0 && !["success", "cancelled"].includes(op.status);
+    const recovered = !!op.last_error && op.attempt > 0 && ["in_progress", "success"].includes(op.status);
+    const showAttempt = op.attempt > 0 && (!["success", "cancelled"].includes(op.status) || recovered);
     attempt.textContent = showAttempt ? `Attempt ${op.attempt}/${op.max_retries}` : "";
     const countdown = $(".countdown", row);
     if (op.status === "recovering" && op.next_retry_at) countdown.dataset.nextRetryAt = String(op.next_retry_at);
@@ -218,10 +238,19 @@
     const showError = err && ["recovering", "failed", "exhausted"].includes(op.status);
     $(".error-message", row).textContent = showError ? `${err.code}: ${err.message}` : "";
     $(".suggestion", row).textContent = showError ? err.suggestion : "";
+    // Flowing again (or done) after a retry: the failure is history, shown quietly (SPEC 2.1, 15).
+    $(".recovered-from", row).textContent = recovered
+      ? `recovered from ${op.last_error.code}: ${op.last_error.message}` : "";
 
     renderActions(row, op);
     renderHelp(row, op);
     $("#ops-empty").hidden = ops.size > 0;
+  }
+
+  // Rate and ETA are recent figures: when nothing has arrived for a while they say so, never an old value.
+  function isStalled(op) {
+    if (op.status !== "in_progress" || !(op.bytes_done > 0)) return false;
+    return !op.rate_bps || Date.now() - (op.heardAt || 0) > STALLED_MS;
   }
 
   function renderActions(row, op) {
@@ -232,6 +261,7 @@
     cell.dataset.key = key;
     cell.replaceChildren(...wanted.map((a) => el("button", {
       type: "button", class: a.danger ? "danger" : "", "data-action": a.action, title: a.title || null,
+      disabled: !isLive(),
     }, a.label)));
   }
 
@@ -250,6 +280,7 @@
   }
 
   function upsert(op) {
+    op.heardAt = Date.now();
     ops.set(op.id, op);
     renderOp(op);
   }
@@ -284,7 +315,7 @@
     switch (ev.type) {
       case "snapshot": {
         const seen = new Set();
-        for (const op of ev.operations) { seen.add(op.id); ops.set(op.id, op); }
+        for (const op of ev.operations) { seen.add(op.id); op.heardAt = Date.now(); ops.set(op.id, op); }
         for (const id of Array.from(ops.keys())) if (!seen.has(id)) removeOp(id);
         $("#ops-body").replaceChildren();
         for (const op of ev.operations) renderOp(op);
@@ -306,6 +337,7 @@
         const fields = { status: ev.status };
         fields.error = ev.error || null;
         if ("attempt" in ev) fields.attempt = ev.attempt;
+        fields.last_error = ev.last_error || (ev.status === "recovering" ? null : ops.get(ev.op_id)?.last_error) || null;
         if ("max_retries" in ev) fields.max_retries = ev.max_retries;
         fields.next_retry_at = ev.status === "recovering" ? (ev.next_retry_at ?? null) : null;
         patch(ev.op_id, fields);
@@ -318,7 +350,8 @@
       }
       case "progress": {
         const fields = { bytes_done: ev.bytes_done, bytes_total: ev.bytes_total, rate_bps: ev.rate_bps, eta_s: ev.eta_s };
-        for (const k of ["step", "steps_done", "steps_total"]) if (k in ev) fields[k] = ev[k];
+        for (const k of ["step", "steps_done", "steps_total", "connections"]) if (k in ev) fields[k] = ev[k];
+        fields.heardAt = Date.now();
         patch(ev.op_id, fields);
         break;
       }
@@ -344,11 +377,19 @@
     }
   }
 
+  function isLive() {
+    return $("#connection").dataset.state === "live";
+  }
+
   function setConnection(state, text) {
     const conn = $("#connection");
     if (conn.dataset.state === "signed-out" && state !== "live") return;
     conn.dataset.state = state;
     conn.textContent = text;
+    // While disconnected the page cannot know what the controls would act on: they wait (SPEC 15).
+    const live = state === "live";
+    document.body.dataset.connection = state;
+    for (const button of $$("#ops-body button[data-action], #add-submit, #settings-save")) button.disabled = !live;
   }
 
   function connect() {
@@ -511,7 +552,7 @@
         showFieldError(form, res.error.field, res.error.message, "add");
       }
     } finally {
-      button.disabled = false;
+      button.disabled = !isLive();
     }
   }
 
@@ -536,7 +577,7 @@
         upsert(res.data);
       }
     } finally {
-      button.disabled = false;
+      button.disabled = !isLive();
     }
   }
 
@@ -935,6 +976,10 @@
 
   function tick() {
     for (const node of $$(".countdown[data-next-retry-at]")) updateCountdown(node);
+    for (const op of ops.values()) {
+      const row = $(`#ops-body tr[data-op-id="${CSS.escape(op.id)}"]`);
+      if (row && row.dataset.stalled !== String(isStalled(op))) renderOp(op);
+    }
   }
 
   document.addEventListener("DOMContentLoaded", () => {

@@ -83,6 +83,7 @@ def test_not_found_exits_1_with_code_and_suggestion(server: FaultServer, tmp_pat
     err = squash(proc.stderr)
     assert "E_HTTP_CLIENT" in err and "404" in err
     assert "suggestion:" in err and "URL is correct" in err
+    assert proc.stderr.count("suggestion:") == 1  # said once, at the end
     assert not (tmp_path / "out" / "model.bin").exists()
     no_traceback(proc)
 
@@ -187,7 +188,7 @@ def test_ctrl_c_pauses_and_rerun_resumes(server: FaultServer, tmp_path: Path) ->
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and "paused" in err
+    assert "Traceback" not in err and err.count("paused") == 1
     [snap] = snapshots(tmp_path / "state")
     assert snap["status"] == "paused"
     kept = snap["state"]["offset"]
@@ -241,3 +242,33 @@ def test_version_prints_the_installed_version() -> None:
                          env=ENV, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"recovery {metadata.version('recovery-engine')}"
+
+
+def test_download_help_names_defaults_and_retry_options() -> None:
+    """``recovery download --help`` gives -o's default and a line of help for every retry option."""
+    proc = subprocess.run([sys.executable, "-m", "engine", "download", "--help"], capture_output=True, text=True,
+                          env={**ENV, "COLUMNS": "120"}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    text = squash(proc.stdout)
+    assert "-o DIR, --output-dir DIR directory to write into (default: the current directory)" in text
+    for flag, says in (("--max-retries N", "automatic retries after the first attempt (default 5"),
+                       ("--initial-delay S", "seconds before retry 1 (default 2"),
+                       ("--backoff-factor F", "each further delay is F times the last (default 2"),
+                       ("--max-delay S", "cap on any delay, in seconds (default 300")):
+        assert f"{flag} {says}" in text, flag
+
+
+def test_log_names_url_and_destination_first_and_counts_attempts_like_the_display(
+        server: FaultServer, tmp_path: Path) -> None:
+    """recovery.log names the redacted URL and the destination at first mention, and says Attempt 1/5 on a retry."""
+    url = server.url("/files/logged.bin", size=300_000, faults=Faults(drop_after=100_000, drop_times=1))
+    proc = recovery(url.replace("http://", "http://user:SECRET-LOG@"), "--set", "initial_delay_s=0.05",
+                    tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "state" / "logs" / "recovery.log").read_text()
+    [op_id] = [s["id"] for s in snapshots(tmp_path / "state")]
+    dest = tmp_path / "out" / "logged.bin"
+    new = [line for line in text.splitlines() if f"op {op_id}: new download: " in line]
+    assert len(new) == 1 and "/files/logged.bin?" in new[0] and new[0].endswith(f" -> {dest}"), text
+    assert "SECRET-LOG" not in text
+    assert f"op {op_id}: Attempt 1/5" in text and "attempt 0/" not in text.lower()

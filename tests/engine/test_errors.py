@@ -322,6 +322,8 @@ async def test_connection_refused_is_unreachable() -> None:
     record = classified(exc)
     assert record.code == "E_NET_UNREACHABLE"
     assert "ECONNREFUSED" in record.message and "Connection refused" in record.message
+    # the suggestion fits the cause: a server not running, not a misspelt host name
+    assert "server is running" in record.suggestion and "spelled" not in record.suggestion
 
 
 async def test_unresolvable_host_is_unreachable() -> None:
@@ -330,6 +332,7 @@ async def test_unresolvable_host_is_unreachable() -> None:
     record = classified(exc)
     assert record.code == "E_NET_UNREACHABLE"
     assert "DNS lookup failed" in record.message
+    assert "spelled correctly" in record.suggestion and "server is running" not in record.suggestion
 
 
 @pytest.mark.parametrize("rst", [True, False], ids=["rst", "fin"])
@@ -383,7 +386,8 @@ async def test_silent_server_is_read_timeout(nursery: trio.Nursery) -> None:
     port = await serve(nursery, handler)
     exc = await fetch_error(f"http://127.0.0.1:{port}/", timeout=0.2)
     assert isinstance(exc, httpx.ReadTimeout)
-    assert classified(exc).code == "E_NET_TIMEOUT"
+    record = classified(exc)
+    assert record.code == "E_NET_TIMEOUT" and "spelled" not in record.suggestion
 
 
 # --- TLS on loopback --------------------------------------------------------

@@ -82,3 +82,34 @@ def test_rate_window_is_recent_and_stalls_to_zero() -> None:
         w.add(float(t), done)
     assert w.rate(13.0) > 900_000  # not the 10-second average
     assert w.rate(16.5) == 0.0  # nothing for a whole window: stalled
+
+
+async def test_statistics_move_while_things_happen(server: FaultServer, tmp_path: Path, autojump_clock: Any) -> None:
+    """bytes_downloaded grows during a transfer; failed_operations counts failed ops now; no average before a recovery."""
+    from engine.testing._scripted import ScriptedKind, ScriptedSpec
+
+    server.add_file("/live.bin", size=SIZE, faults=Faults(rate_bps=200_000))
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK,
+                           kinds=[ScriptedKind()]) as eng:
+        assert eng.statistics().average_recovery_time_s is None
+        op = await eng.submit(DownloadSpec(url=server.base_url + "/live.bin", dest="live.bin"))
+        with trio.fail_after(1000):
+            while eng.get(op.id).bytes_done < SIZE // 2:
+                await trio.sleep(0.05)
+            # the statistics refresh on their own tick: wait for it, not for the end of the transfer
+            while eng.statistics().bytes_downloaded < SIZE // 4:
+                await trio.sleep(0.05)
+        assert eng.get(op.id).status is Status.IN_PROGRESS  # still running: the counter moved before the end
+        await eng.wait(op.id)
+
+        bad = await eng.submit(ScriptedSpec(name="bad", script=["fail:E_HTTP_CLIENT", "ok"]))
+        assert (await eng.wait(bad.id)).status is Status.FAILED
+        with trio.fail_after(1000):
+            while eng.statistics().failed_operations != 1:
+                await trio.sleep(0.05)
+        await eng.force_retry(bad.id)
+        assert (await eng.wait(bad.id)).status is Status.SUCCESS
+        with trio.fail_after(1000):
+            while eng.statistics().failed_operations != 0:  # retried and recovered: no longer failed
+                await trio.sleep(0.05)
+        assert eng.statistics().average_recovery_time_s is not None

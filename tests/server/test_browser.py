@@ -194,3 +194,144 @@ def test_dashboard_reconnects_after_a_server_restart(tmp_path, browser_page, sta
     finally:
         stop_serve(server)
     assert [p for p in problems if "WebSocket" not in p] == []
+
+
+DOCS_RECOVERING = DOCS_SCREENSHOT.with_name("dashboard-recovering.png")
+DOCS_RECOVERED = DOCS_SCREENSHOT.with_name("dashboard-recovered.png")
+
+
+def test_dashboard_shows_a_recovered_download_as_flowing(tmp_path, faults, browser_page, start_serve, stop_serve):
+    """After the retry transfers, the row is In progress with Attempt 1/5 and the old failure quiet, no live error."""
+    page, problems = browser_page
+    server = start_serve(tmp_path / "state", tmp_path / "models-root", "--set", "initial_delay_s=600",
+                         "--set", "max_delay_s=600", "--set", "jitter=0")
+    try:
+        done = submit(server, faults.url("/files/clip_l.safetensors", size=256 * 1024), "clip/clip_l.safetensors")
+        url = faults.url("/files/flux1-schnell.safetensors", size=12 * MiB,
+                         faults=Faults(rate_bps=MiB, drop_after=MiB, drop_times=1))
+        op = submit(server, url, "checkpoints/flux1-schnell.safetensors")
+        row = f'tr[data-op-id="{op["id"]}"]'
+        page.goto(server.link)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator(f'tr[data-op-id="{done["id"]}"]')).to_have_attribute("data-status", "success")
+
+        # Each row says where its file goes.
+        dest = str(server.root / "checkpoints" / "flux1-schnell.safetensors")
+        expect(page.locator(f"{row} .dest")).to_have_text(f"→ {dest}")
+
+        # The drop: recovering, with the live error (600 s before the next automatic try).
+        expect(page.locator(row)).to_have_attribute("data-status", "recovering")
+        expect(page.locator(f"{row} .error-message")).to_contain_text("E_NET_INTERRUPTED")
+        expect(page.locator(f"{row} .recovered-from")).to_have_text("")
+        expect(page.locator(f"{row} .countdown")).to_contain_text("Next try in")
+        shot = page.screenshot(full_page=True)
+        if os.environ.get("RECOVERY_UPDATE_SCREENSHOT"):
+            DOCS_RECOVERING.write_bytes(shot)
+
+        # Retry now: the transfer flows again. Attempt 1/5 stays, the error is history, shown quietly.
+        page.click(f"{row} button[data-action=retry]")
+        expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+        page.wait_for_function(
+            "([sel, v]) => Number(document.querySelector(sel + ' .bar').getAttribute('aria-valuenow')) > v",
+            arg=[row, progress_of(page, row) + 1])
+        expect(page.locator(f"{row} .badge")).to_have_text("In progress")
+        expect(page.locator(f"{row} .attempt")).to_have_text("Attempt 1/5")
+        expect(page.locator(f"{row} .error-message")).to_have_text("")
+        expect(page.locator(f"{row} .suggestion")).to_have_text("")
+        expect(page.locator(f"{row} .countdown")).to_have_text("")
+        expect(page.locator(f"{row} .recovered-from")).to_contain_text("recovered from E_NET_INTERRUPTED")
+        expect(page.locator(f"{row} .rate")).to_contain_text("/s")
+        expect(page.locator(f"{row} button[data-action=retry]")).to_have_count(0)  # nothing to retry
+        quiet = page.locator(f"{row} .recovered-from").evaluate("n => getComputedStyle(n).color")
+        alarm = page.locator(f"{row} .error-message").evaluate("n => getComputedStyle(n).color")
+        assert quiet != alarm
+        shot = page.screenshot(full_page=True)
+        if os.environ.get("RECOVERY_UPDATE_SCREENSHOT"):
+            DOCS_RECOVERED.write_bytes(shot)
+
+        # What the page shows is what the API says.
+        seen = httpx.get(f"{server.url}/api/operations/{op['id']}",
+                         headers={"Authorization": f"Bearer {server.token}"}, timeout=5).json()
+        assert seen["status"] in ("in_progress", "success") and seen["error"] is None
+        assert seen["last_error"]["code"] == "E_NET_INTERRUPTED" and seen["attempt"] == 1
+    finally:
+        stop_serve(server)
+    # Disconnected: the controls wait for the connection to come back.
+    expect(page.locator("#connection")).to_have_attribute("data-state", re.compile("reconnecting|connecting"))
+    buttons = page.locator("#ops-body button[data-action]")
+    assert buttons.count() > 0
+    assert all(buttons.nth(i).is_disabled() for i in range(buttons.count()))
+    expect(page.locator("#add-submit")).to_be_disabled()
+    assert [p for p in problems if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p] == []
+
+
+def test_dashboard_says_stalled_when_nothing_arrives(tmp_path, faults, browser_page, start_serve, stop_serve):
+    """A transfer that stops sending shows "stalled" and no ETA, not the rate it had before."""
+    page, problems = browser_page
+    server = start_serve(tmp_path / "state", tmp_path / "root", "--set", "stall_timeout_s=600")
+    try:
+        url = faults.url("/files/stall.bin", size=8 * MiB,
+                         faults=Faults(rate_bps=MiB, stall_after=MiB, stall_s=600, stall_times=1))
+        op = submit(server, url, "stall.bin")
+        row = f'tr[data-op-id="{op["id"]}"]'
+        page.goto(server.link)
+        expect(page.locator(f"{row} .rate")).to_contain_text("/s")  # flowing
+        expect(page.locator(f"{row} .rate")).to_have_text("stalled", timeout=30_000)
+        expect(page.locator(f"{row} .eta")).to_have_text("–")
+        expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+    finally:
+        stop_serve(server)
+    assert [p for p in problems if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p] == []
+
+
+async def test_dashboard_shows_the_connections_a_progress_event_carries(tmp_path):
+    """A progress event with ``connections`` (a segmented download's) shows "4 connections" in the row."""
+    from functools import partial
+
+    import attrs
+    import trio
+
+    from engine import Settings, open_engine
+    from engine._server import serve_control
+    from engine.testing._scripted import ScriptedKind, ScriptedSpec
+
+    @attrs.define(eq=False)
+    class FourConnections(ScriptedKind):
+        """``conns:N``: progress reported the way a segmented download reports it, until cancelled."""
+
+        async def _act(self, ctx: Any, spec: Any, action: str) -> None:
+            if action.startswith("conns:"):
+                done = 0
+                while True:  # a transfer that goes on, as progress does
+                    done += 1000
+                    ctx.received(1000)
+                    ctx.made_durable(1000)
+                    ctx.progress(done, spec.size, connections=int(action.split(":")[1]))
+                    await ctx.checkpoint()
+                    await trio.sleep(0.2)
+            else:
+                await super()._act(ctx, spec, action)
+
+    def drive(url: str, token: str, op_id: str) -> None:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(f"{url}/?token={token}")
+                row = f'tr[data-op-id="{op_id}"]'
+                expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
+                expect(page.locator(f"{row} .connections")).to_have_text("4 connections")
+            finally:
+                browser.close()
+
+    root = tmp_path / "root"
+    root.mkdir()
+    async with open_engine(tmp_path / "state", Settings(download_root=str(root)), kinds=[FourConnections()]) as eng:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_control, eng, port=0))
+            token = (eng.state_dir / "token").read_text().strip()
+            op = await eng.submit(ScriptedSpec(name="segmented", script=["conns:4"], size=10_000_000))
+            await trio.to_thread.run_sync(drive, url, token, op.id)
+            assert eng.get(op.id).connections == 4  # the API's view carries it too (snapshot, GET)
+            nursery.cancel_scope.cancel()

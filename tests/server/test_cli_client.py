@@ -104,6 +104,17 @@ def test_retry_force_and_cancel_recovery(served, faults, capsys):
     assert recovery(capsys, "cancel", op["id"], *state)[0] == 0
 
 
+def test_retry_refusal_points_to_the_force_flag(served, faults, capsys):
+    """retry of a download failed on a 404 exits 1 with E_NOT_RETRYABLE and names `recovery retry ID --force`."""
+    op = served.submit(faults.url("/files/gone.bin", size=1000, faults=Faults(status=404)), "gone.bin")
+    served.wait_status(op["id"], "failed")
+    code, _, err = recovery(capsys, "retry", op["id"], "--state-dir", str(served.state_dir))
+    assert code == 1 and "E_NOT_RETRYABLE" in err
+    assert f"recovery retry {op['id']} --force" in err and "force_retry" not in err
+    code, out, _ = recovery(capsys, "retry", op["id"], "--force", "--json", "--state-dir", str(served.state_dir))
+    assert code == 0 and json.loads(out)["status"] in ("in_progress", "pending", "failed")
+
+
 def test_refusal_exits_1_with_the_code(served, capsys):
     """A control the server refuses exits 1 and prints the code (unknown id: E_NOT_FOUND)."""
     code, _, err = recovery(capsys, "pause", "no-such-op", "--state-dir", str(served.state_dir))
@@ -119,7 +130,7 @@ def test_stats(served, capsys):
 
 
 def test_settings_show_change_and_refuse(served, capsys):
-    """settings shows, saves KEY=VALUE changes, exits 1 on a refused value and 2 on bad syntax."""
+    """settings shows and saves KEY=VALUE changes; an invalid value, an unknown name or bad syntax exits 2."""
     state = ("--state-dir", str(served.state_dir))
     code, out, _ = recovery(capsys, "settings", "--json", *state)
     assert code == 0 and json.loads(out)["initial_delay_s"] == 30.0
@@ -129,9 +140,15 @@ def test_settings_show_change_and_refuse(served, capsys):
     code, out, _ = recovery(capsys, "settings", *state)
     assert code == 0 and "history_limit" in out and "900" in out
     code, _, err = recovery(capsys, "settings", "backoff_factor=0.5", *state)
-    assert code == 1 and "E_INVALID_INPUT" in err and "backoff_factor" in err
+    assert code == 2 and "E_INVALID_INPUT" in err and "backoff_factor" in err
+    code, _, err = recovery(capsys, "settings", "max_retries=-1", *state)
+    assert code == 2 and "max_retries" in err
+    code, _, err = recovery(capsys, "settings", "nosuch=1", *state)
+    assert code == 2 and "nosuch" in err
     code, _, err = recovery(capsys, "settings", "no_equals_sign", *state)
     assert code == 2
+    code, _, err = recovery(capsys, "settings", f"download_root={served.root.parent}", *state)
+    assert code == 1 and "E_FORBIDDEN" in err  # refused, not malformed
 
 
 def test_no_server_exits_3(tmp_path, capsys):
