@@ -116,12 +116,18 @@ class SnapshotWriter:
                             self._wake = trio.Event()
                 self._wake = trio.Event()
                 while self._dirty:
-                    batch = self._take()
+                    tickets, prepared = self._take()
                     # The disk waits off the event loop (by default): every control keeps
                     # running, and new marks gather for the next batch.
-                    prepared = batch[1]
-                    error = await self.disk.run(lambda: self._commit_catching(prepared))
-                    self._settle(batch[0], error)
+                    try:
+                        error = await self.disk.run(lambda: self._commit_catching(prepared))
+                    except BaseException:
+                        # Cancelled (shutdown) before the commit began: the batch is taken
+                        # and no longer dirty, so it is written here, before any later mark
+                        # of the same operations (the loop below), or its states would be lost.
+                        self._settle(tickets, self._commit_catching(prepared))
+                        raise
+                    self._settle(tickets, error)
         finally:
             # Shutdown: whatever is still dirty is written now, synchronously.
             while self._dirty:
