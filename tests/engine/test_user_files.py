@@ -188,3 +188,42 @@ def test_state_dir_temp_files_removed_at_start(tmp_path: Path) -> None:
     assert not leftover.exists()
 
 
+
+
+_CREDENTIALS = {"Authorization": "Bearer s3cr3t", "Cookie": "sid=c00kie", "X-Api-Key": "k3y", "X-HF-Token": "hf-t0k",
+                "X-Custom-Secret": "cust0m", "Proxy-Authorization": "Basic cHJveHk="}
+
+
+@pytest.mark.parametrize("hop", ["other host", "other port", "same origin"])
+async def test_credential_headers_never_reach_the_host_a_redirect_leads_to(tmp_path: Path, hop: str) -> None:
+    """Against real loopback servers: a redirect to another host or port delivers none of the credential
+    headers there (Authorization, Cookie, X-Api-Key, X-HF-Token, *-Secret, Proxy-Authorization) but does
+    deliver the others; a same-origin redirect keeps them all; the file lands exact either way."""
+    import hashlib
+
+    import trio
+
+    from engine import Status, open_engine
+
+    first = FaultServer()
+    target = FaultServer(host="127.0.0.2") if hop == "other host" else FaultServer()
+    async with first.running(), target.running():
+        served = (first if hop == "same origin" else target).add_file("/files/m.bin", size=SIZE)
+        base = first.base_url if hop == "same origin" else target.base_url
+        from engine.testing import Faults
+
+        first.add_file("/start", size=1, faults=Faults(redirect_to=base + "/files/m.bin"))
+        settings = Settings(download_root=str(tmp_path / "dl"), max_retries=0)
+        async with open_engine(tmp_path / "state", settings) as eng:
+            op = await eng.submit(DownloadSpec(url=first.base_url + "/start", dest="m.bin",
+                                               headers={**_CREDENTIALS, "X-Trace": "visible"}))
+            with trio.fail_after(60):
+                final = await eng.wait(op.id)
+        assert final.status is Status.SUCCESS, final.error
+        assert hashlib.sha256((tmp_path / "dl" / "m.bin").read_bytes()).hexdigest() == served.sha256
+        asked = dict(first.headers_seen)["/start"]
+        reached = dict((first if hop == "same origin" else target).headers_seen)["/files/m.bin"]
+    for name, value in _CREDENTIALS.items():
+        assert asked.get(name.lower()) == value  # the host the user named gets them all
+        assert (reached.get(name.lower()) == value) is (hop == "same origin"), (name, reached)
+    assert reached.get("x-trace") == "visible"
