@@ -227,3 +227,60 @@ async def test_credential_headers_never_reach_the_host_a_redirect_leads_to(tmp_p
         assert asked.get(name.lower()) == value  # the host the user named gets them all
         assert (reached.get(name.lower()) == value) is (hop == "same origin"), (name, reached)
     assert reached.get("x-trace") == "visible"
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("cd:CON", "_CON"), ("cd:nul.safetensors", "_nul.safetensors"), ("cd:model.safetensors. ", "model.safetensors"),
+    ("cd:a:b.bin", "a_b.bin"), ("url:COM1", "_COM1"), ("url:aux.tar.gz", "_aux.tar.gz")])
+async def test_device_names_from_the_server_are_reduced_end_to_end(tmp_path: Path, given: str,
+                                                                   expected: str) -> None:
+    """A Windows device name (or a trailing dot/space, a ':') in Content-Disposition or the URL's last
+    segment lands under a reduced, safe name in the folder asked for, on every platform."""
+    import trio
+
+    from engine import Status, open_engine
+    from engine.testing import Faults
+
+    source, name = given.split(":", 1)
+    server = FaultServer()
+    async with server.running():
+        if source == "cd":
+            file = server.add_file("/api/download/7", size=SIZE,
+                                   faults=Faults(content_disposition=f'attachment; filename="{name}"'))
+            url = server.base_url + "/api/download/7"
+        else:
+            file = server.add_file("/files/" + name, size=SIZE)
+            url = server.base_url + "/files/" + name
+        async with open_engine(tmp_path / "state", Settings(download_root=str(tmp_path / "dl"))) as eng:
+            op = await eng.submit(DownloadSpec(url=url))
+            with trio.fail_after(60):
+                final = await eng.wait(op.id)
+    assert final.status is Status.SUCCESS, final.error
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [expected]
+    assert windows_name_problem(expected) is None
+    assert (tmp_path / "dl" / expected).read_bytes() == file.read()
+
+
+async def test_engine_start_removes_temp_files_anywhere_in_the_state_dir_only(tmp_path: Path) -> None:
+    """open_engine removes the temp files a crash left in the state dir and its folders (statistics,
+    snapshots, settings), keeps other files, and never follows a link out of the state dir."""
+    from engine import open_engine
+
+    state = tmp_path / "state"
+    (state / "operations").mkdir(parents=True, mode=0o700)
+    (state / "logs").mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    theirs = elsewhere / ".data.bin.0123abcd.tmp"
+    theirs.write_bytes(OTHER)
+    os.symlink(elsewhere, state / "linked")
+    leftovers = [state / ".stats.msgpack.9f8e7d6c.tmp", state / ".settings.json.00ff00ff.tmp",
+                 state / "operations" / ".1a2b-c3.msgpack.deadbeef.tmp", state / "logs" / ".x.0a0b0c0d.tmp"]
+    kept = [state / "notes.tmp", state / ".stats.msgpack.tmp", state / "operations" / "readme.txt"]
+    for path in leftovers + kept:
+        path.write_bytes(b"half")
+    async with open_engine(state):
+        pass
+    assert [p for p in leftovers if p.exists()] == []
+    assert all(p.read_bytes() == b"half" for p in kept)
+    assert theirs.read_bytes() == OTHER
