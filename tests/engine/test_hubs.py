@@ -86,6 +86,11 @@ async def test_blob_link_lands_as_the_file(hub: HubServer, tmp_path: Path, autoj
     assert final.status is Status.SUCCESS, final.error
     dest = tmp_path / "downloads" / "clip_l.safetensors"
     assert dest.read_bytes()[:4] != b"<!do" and dest.stat().st_size == SIZE
+    import hashlib
+
+    from engine.testing import content_sha256
+
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == content_sha256("/repos/org/model/clip_l.safetensors", SIZE)
     submitted = next(e for e in events if e.type == "submitted")
     assert "/resolve/main/clip_l.safetensors" in submitted["spec"]["fetched_as"]
     assert "/blob/" in submitted["spec"]["note"]
@@ -122,10 +127,14 @@ async def test_gated_repo(hub: HubServer, tmp_path: Path, monkeypatch: pytest.Mo
     assert "gated" in final.error.message
     page = f"{hub.base_url}/black-forest-labs/FLUX.1-Fill-dev"
     assert page in final.error.suggestion and "licence" in final.error.suggestion
+    assert "HF_TOKEN" in final.error.suggestion  # SPEC 6.3: the suggestion names the variable either way
+    assert "FLUX.1-Fill-dev" in final.error.message
     if with_token:
         assert "has no access" in final.error.suggestion and "HTTP 403" in final.error.message
+        assert hub.authorization_seen[0][1] == f"Bearer {HF_TOKEN}"  # the token was sent, and refused
     else:
         assert "set HF_TOKEN" in final.error.suggestion and "HTTP 401" in final.error.message
+        assert hub.authorization_seen[0][1] is None
     assert HF_TOKEN not in repr([e.to_dict() for e in events])
 
 
@@ -138,6 +147,12 @@ async def test_resume_after_a_cdn_drop_starts_from_resolve(hub: HubServer, tmp_p
     assert [p for p, _a in hub.authorization_seen] == ["/org/model/resolve/main/big.safetensors"] * 2
     ranges = hub.cdn.stats.paths["/repos/org/model/big.safetensors"].ranges
     assert len(ranges) == 2 and ranges[0][0] == 0 and (ranges[1][0] or 0) > 0
+    import hashlib
+
+    from engine.testing import content_sha256
+
+    got = hashlib.sha256((tmp_path / "downloads" / "big.safetensors").read_bytes()).hexdigest()
+    assert got == content_sha256("/repos/org/model/big.safetensors", SIZE)
 
 
 async def test_civitai_named_by_content_disposition(hub: HubServer, tmp_path: Path,
