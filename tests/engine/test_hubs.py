@@ -78,11 +78,16 @@ async def test_token_file_in_hf_home(hub: HubServer, tmp_path: Path, autojump_cl
     assert hub.authorization_seen[0][1] == f"Bearer {HF_TOKEN}"
 
 
-async def test_blob_link_lands_as_the_file(hub: HubServer, tmp_path: Path, autojump_clock: Any) -> None:
-    """A /blob/ link is fetched as /resolve/: the real bytes land, and the submitted event says so."""
+async def test_blob_link_lands_as_the_file(hub: HubServer, tmp_path: Path, autojump_clock: Any,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A /blob/ link is fetched as /resolve/: the real bytes land, and the submitted event and the log say so."""
     hub.add_model("org/model", "clip_l.safetensors", size=SIZE)
     url = "https://huggingface.co/org/model/blob/main/clip_l.safetensors"
-    final, events = await fetch(tmp_path, DownloadSpec(url=url))
+    with caplog.at_level("INFO", logger="engine"):
+        final, events = await fetch(tmp_path, DownloadSpec(url=url))
+    new = [r.getMessage() for r in caplog.records if "new download" in r.getMessage()]
+    assert len(new) == 1 and "/blob/main/clip_l" in new[0] and "fetched as " in new[0], new
+    assert f"{hub.base_url}/org/model/resolve/main/clip_l.safetensors" in new[0]
     assert final.status is Status.SUCCESS, final.error
     dest = tmp_path / "downloads" / "clip_l.safetensors"
     assert dest.read_bytes()[:4] != b"<!do" and dest.stat().st_size == SIZE
