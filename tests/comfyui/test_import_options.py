@@ -149,3 +149,23 @@ def test_plan_says_where_each_model_goes_and_why(server: FaultServer, tmp_path: 
     assert doc["download"][0]["dest"] == str(comfy / "models" / "checkpoints" / "new.safetensors")
     assert doc["download"][0]["reason"] == "missing" and doc["skip"][0]["present_at"] == str(present)
     assert server.stats.requests == 0
+
+
+def test_sizes_warn_when_the_models_do_not_fit(server: FaultServer, tmp_path: Path) -> None:
+    """--sizes asks each missing model's size (HEAD, no body) and warns when the total exceeds the free
+    space where the files go; the dry run still exits 0 and writes nothing."""
+    huge = 10**15  # a petabyte: no test machine has that much free
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"nodes": [
+        node(1, 0, "checkpoints", "huge.safetensors", f"{server.base_url}/files/huge.safetensors?size={huge}"),
+        node(2, 0, "vae", "small.safetensors", f"{server.base_url}/files/small.safetensors?size=1000")]}))
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models").mkdir(parents=True)
+    text = run(wf, comfy, tmp_path / "state", "--dry-run", "--sizes")
+    assert text.returncode == 0, text.stderr
+    assert "warning: " in text.stdout and "more than the free space on " in text.stdout, text.stdout
+    doc = json.loads(run(wf, comfy, tmp_path / "state", "--dry-run", "--sizes", "--json").stdout)
+    assert doc["sizes"]["total_bytes"] == huge + 1000
+    assert [v["fits"] for v in doc["sizes"]["volumes"]] == [False]
+    assert {r.method for p in server.stats.paths.values() for r in p.records} == {"HEAD"}
+    assert not list(comfy.rglob("*.safetensors*"))
