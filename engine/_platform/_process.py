@@ -8,7 +8,9 @@
   (``CREATE_NEW_PROCESS_GROUP``, so the console's Ctrl-C goes to the engine,
   not to it); "terminate" is ``CTRL_BREAK_EVENT`` to that group, "kill" is
   ``taskkill /T /F`` of the tree under the leader. The group counts as
-  alive while its leader runs.
+  alive while its leader runs. The leader's creation time stands in for
+  Linux's start time, so a group left by a killed engine is stopped only
+  while its pid still names the same process.
 - Commands: argv lists run without a shell; on Windows ``argv[0]`` is
   looked up as Windows does (``PATH`` and ``PATHEXT``, so ``pip`` finds
   ``pip.exe`` and ``setup`` finds ``setup.bat``) with `shutil.which`.
@@ -71,7 +73,16 @@ def own_group() -> int | None:
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgid, start_time)`` of ``pid`` from ``/proc``, or None if it is gone or unknown."""
+    """``(state, pgid, start_time)`` of ``pid``, or None if it is gone or unknown.
+
+    Linux: from ``/proc``. Windows: ``("R", pid, creation time)`` from
+    ``GetProcessTimes`` (a process group there is its leader), and
+    ``("?", pid, -1)`` for a process that exists but may not be queried, so
+    that a pid reused by someone else's process never passes for the
+    engine's own leftover command.
+    """
+    if sys.platform == "win32":
+        return _win_proc_stat(pid)
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read().decode("ascii", "replace")
@@ -163,5 +174,29 @@ def _win_pid_alive(pid: int) -> bool:
         return ctypes.GetLastError() == 5  # access denied: it exists
     try:
         return bool(kernel32.WaitForSingleObject(handle, 0) == wait_timeout)
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _win_proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """OpenProcess + GetProcessTimes: the creation time identifies a process across pid reuse."""
+    if sys.platform != "win32":  # pragma: no cover - for the type checker
+        return None
+    import ctypes
+    from ctypes import wintypes
+
+    query_limited, synchronize, wait_timeout, access_denied = 0x1000, 0x0010_0000, 0x0000_0102, 5
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(query_limited | synchronize, False, pid)
+    if not handle:
+        return ("?", pid, -1) if ctypes.GetLastError() == access_denied else None
+    try:
+        if kernel32.WaitForSingleObject(handle, 0) != wait_timeout:
+            return None  # it has exited
+        created, exited, kernel, user = (wintypes.FILETIME() for _ in range(4))
+        if not kernel32.GetProcessTimes(handle, ctypes.byref(created), ctypes.byref(exited),
+                                        ctypes.byref(kernel), ctypes.byref(user)):
+            return ("?", pid, -1)
+        return "R", pid, (created.dwHighDateTime << 32) | created.dwLowDateTime
     finally:
         kernel32.CloseHandle(handle)
