@@ -167,7 +167,8 @@ def test_header_value_surrounding_space_is_dropped() -> None:
     assert validate_headers({"Authorization": "Bearer abc \t"}) == {"Authorization": "Bearer abc"}
 
 
-@pytest.mark.parametrize("name", ["con", "NUL.safetensors", "COM1", "aux", "lpt9.txt", "a<b", "x.", "y "])
+@pytest.mark.parametrize("name", ["con", "NUL.safetensors", "COM1", "aux", "lpt9.txt", "a<b", "x.", "y ", "a:b.bin",
+                                  "CON.tar.gz", "conin$", "com\u00b9", 'a"b', "a|b", "a?b", "a*b", "m.safetensors. "])
 def test_windows_names(name: str) -> None:
     """Windows device names and characters are refused for import entries and reduced in names from URLs."""
     assert windows_name_problem(name) is not None

@@ -101,3 +101,22 @@ def test_the_leader_start_recorded_on_windows_is_its_creation_time(windows: Any)
     """proc_stat on Windows is the creation time of GetProcessTimes (what _record_group checkpoints)."""
     windows.setattr(_process, "_win_proc_stat", lambda pid: ("R", pid, 133_000_000_000_000_000))
     assert _process.proc_stat(77) == ("R", 77, 133_000_000_000_000_000)
+
+
+def test_long_paths_get_the_extended_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past Windows' 260-character limit a path gets \\\\?\\ (\\\\?\\UNC\\ for a share); short or already
+    prefixed paths are unchanged."""
+    import ntpath
+    import os
+
+    from engine._platform import _paths
+
+    monkeypatch.setattr(_paths, "sys", types.SimpleNamespace(platform="win32"))
+    monkeypatch.setattr(_paths, "os", types.SimpleNamespace(fspath=os.fspath, path=ntpath))
+    deep = "C:\\ComfyUI\\models\\" + "\\".join(["checkpoints"] * 25) + "\\model.safetensors"
+    assert len(deep) > 260
+    assert _paths.long_path(deep) == "\\\\?\\" + deep
+    share = "\\\\nas\\models\\" + "x" * 260 + ".safetensors"
+    assert _paths.long_path(share) == "\\\\?\\UNC\\nas\\models\\" + "x" * 260 + ".safetensors"
+    assert _paths.long_path("C:\\ComfyUI\\models\\vae\\ae.safetensors") == "C:\\ComfyUI\\models\\vae\\ae.safetensors"
+    assert _paths.long_path("\\\\?\\" + deep) == "\\\\?\\" + deep
