@@ -14,6 +14,11 @@
 - Commands: argv lists run without a shell; on Windows ``argv[0]`` is
   looked up as Windows does (``PATH`` and ``PATHEXT``, so ``pip`` finds
   ``pip.exe`` and ``setup`` finds ``setup.bat``) with `shutil.which`.
+
+Why not ``psutil``: what is needed here is a group signal, ``/proc`` (or
+two Win32 calls through ``ctypes``) and ``shutil.which``; a compiled
+dependency with wheels per platform would be the heaviest part of the
+install for about a hundred lines of standard library.
 """
 
 from __future__ import annotations
