@@ -56,15 +56,17 @@ async def test_planted_part_link_is_never_written_through(server: FaultServer, m
     assert run.dest.read_bytes() == file.read() and not run.dest.is_symlink()
 
 
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
 async def test_planted_part_link_with_404_truncates_nothing(server: FaultServer, make: Callable[..., Runner],
-                                                            tmp_path: Path) -> None:
-    """A 404 with a planted .part symlink leaves the other file intact and no .part behind."""
+                                                            tmp_path: Path, link: str) -> None:
+    """A 404 with a planted .part symlink or hard link leaves the other file intact and no .part behind."""
     run = make(server.base_url + "/missing.bin")
     victim = _other(tmp_path)
-    os.symlink(victim, run.part)
+    (os.symlink if link == "symlink" else os.link)(victim, run.part)
     exc, _ = await run.fail()
     assert exc.error.code == "E_HTTP_CLIENT"
     assert victim.read_bytes() == OTHER and not os.path.lexists(run.part)
+    assert os.stat(victim).st_nlink == 1
 
 
 async def test_second_writer_gets_in_use(server: FaultServer, make: Callable[..., Runner]) -> None:
