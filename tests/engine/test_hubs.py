@@ -229,3 +229,19 @@ async def test_credentials_toml_for_exactly_its_host(tmp_path: Path, autojump_cl
     assert "credentials.toml" in final.error.message and "other users" in final.error.message
     assert "chmod 600" in final.error.suggestion and "private-x" not in repr(final)
     assert len(server.authorization_seen) == 1  # nothing was sent with a file others can read
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_civitai_refusal_status_is_e_auth_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    status: int, autojump_clock: Any) -> None:
+    """civitai answering 401/403 itself (not a redirect to its sign-in page) is E_AUTH naming
+    CIVITAI_API_TOKEN; nothing is written."""
+    server = FaultServer()
+    async with server.running() as base:
+        monkeypatch.setenv("CIVITAI_ENDPOINT", base)
+        server.add_file("/api/download/models/5", size=100, faults=Faults(status=status))
+        final, _ = await fetch(tmp_path, DownloadSpec(url="https://civitai.com/api/download/models/5",
+                                                      dest="loras/x.safetensors"))
+    assert final.status is Status.FAILED and final.error.code == "E_AUTH", final.error
+    assert f"HTTP {status}" in final.error.message and "CIVITAI_API_TOKEN" in final.error.suggestion
+    assert not (tmp_path / "downloads" / "loras").exists() or not any((tmp_path / "downloads" / "loras").iterdir())
