@@ -245,3 +245,20 @@ async def test_civitai_refusal_status_is_e_auth_naming_the_variable(tmp_path: Pa
     assert final.status is Status.FAILED and final.error.code == "E_AUTH", final.error
     assert f"HTTP {status}" in final.error.message and "CIVITAI_API_TOKEN" in final.error.suggestion
     assert not (tmp_path / "downloads" / "loras").exists() or not any((tmp_path / "downloads" / "loras").iterdir())
+
+
+@pytest.mark.parametrize("token", ["hf_pasted\x0bsecret", "hf_pasted\u00a0secret"], ids=["vertical tab", "nbsp"])
+async def test_hub_token_with_odd_characters_is_refused_unsent_and_unshown(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str,
+        caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+    """An HF_TOKEN with a control or non-ASCII character inside (a paste accident) is E_INVALID_INPUT naming
+    HF_TOKEN, with no request made; no error, event or log line quotes it (the HTTP library would)."""
+    monkeypatch.setenv("HF_TOKEN", token)
+    hub.add_model("org/model", "a.safetensors", size=1000)
+    with caplog.at_level("DEBUG", logger="engine"):
+        final, events = await fetch(tmp_path, DownloadSpec(url=f"{hub.base_url}/org/model/resolve/main/a.safetensors"))
+    assert final.status is Status.FAILED and final.error.code == "E_INVALID_INPUT"
+    assert "HF_TOKEN" in final.error.message and "HF_TOKEN" in final.error.suggestion
+    assert hub.authorization_seen == [] and hub.cdn.stats.requests == 0
+    shown = repr([e.to_dict() for e in events]) + repr(final) + caplog.text
+    assert "pasted" not in shown and "secret" not in shown

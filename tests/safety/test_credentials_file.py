@@ -99,3 +99,37 @@ async def test_credentials_file_readable_by_others_is_refused(tmp_path: Path, mo
     assert str(path) in final.error.message and f"{mode:04o}" in final.error.message
     assert f"chmod 600 {path}" in final.error.suggestion and SECRET not in repr(final)
     assert not os.path.lexists(tmp_path / "root" / "m.bin.part")
+
+
+@pytest.mark.parametrize("value,sent", [("Bearer private-cred-5521\\u000bx", None), ("Bearer private-cred-5521\\u00e9", None),
+                                        ("\\tBearer private-cred-5521 ", "Bearer private-cred-5521")],
+                         ids=["vertical tab", "non-ascii", "surrounding whitespace"])
+async def test_credentials_file_values_follow_the_header_rules(tmp_path: Path, value: str, sent: str | None,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A credentials.toml value with a control or non-ASCII character is refused before any request,
+    naming the host and header but never the value (no library message quoting it reaches the error,
+    the events or the log); surrounding whitespace is trimmed and the value sent."""
+    server = FaultServer()
+    async with server.running():
+        server.add_file("/m.bin", size=1000)
+        state = tmp_path / "state"
+        state.mkdir(mode=0o700)
+        path = state / "credentials.toml"
+        host = server.base_url.removeprefix("http://")
+        path.write_text(f'[hosts."{host}"]\nheaders = {{ Authorization = "{value}" }}\n')
+        path.chmod(0o600)
+        with caplog.at_level("DEBUG", logger="engine"):
+            async with open_engine(state, Settings(download_root=str(tmp_path / "root"), max_retries=0)) as eng:
+                async with eng.subscribe() as sub:
+                    op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin"))
+                    with trio.fail_after(60):
+                        final = await eng.wait(op.id)
+                    shown = repr([e.to_dict() for e in sub.drain()]) + repr(final) + caplog.text
+    if sent is None:
+        assert final.status is Status.FAILED and final.error.code == "E_PERMISSION"
+        assert str(path) in final.error.message and "Authorization" in final.error.message
+        assert host in final.error.message and server.stats.requests == 0
+        assert SECRET not in shown
+    else:
+        assert final.status is Status.SUCCESS, final.error
+        assert server.authorization_seen == [("/m.bin", sent)] and SECRET not in shown
