@@ -134,14 +134,16 @@ def signal_group(pgid: int, kill: bool) -> bool:
     if sys.platform == "win32":
         if not pid_alive(pgid):
             return False
-        if kill:
-            subprocess.run(["taskkill", "/PID", str(pgid), "/T", "/F"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        else:
+        if not kill:
             try:
                 os.kill(pgid, signal.CTRL_BREAK_EVENT)
+                return True
             except OSError:
-                return False
+                # Ctrl-Break only reaches a group that shares the engine's console; started
+                # without one (a GUI launcher), the group can only be killed.
+                pass
+        subprocess.run(["taskkill", "/PID", str(pgid), "/T", "/F"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         return True
     try:
         os.killpg(pgid, signal.SIGKILL if kill else signal.SIGTERM)

@@ -120,3 +120,18 @@ def test_long_paths_get_the_extended_prefix(monkeypatch: pytest.MonkeyPatch) -> 
     assert _paths.long_path(share) == "\\\\?\\UNC\\nas\\models\\" + "x" * 260 + ".safetensors"
     assert _paths.long_path("C:\\ComfyUI\\models\\vae\\ae.safetensors") == "C:\\ComfyUI\\models\\vae\\ae.safetensors"
     assert _paths.long_path("\\\\?\\" + deep) == "\\\\?\\" + deep
+
+
+def test_without_a_shared_console_stop_falls_back_to_taskkill(windows: Any) -> None:
+    """Ctrl-Break cannot reach a group when the engine has no console (a GUI launcher): the stop is then
+    taskkill of the tree, never a silent no-op that leaves the install running."""
+    ran: list[Any] = []
+    windows.setattr(_process, "_win_pid_alive", lambda pid: True)
+
+    def no_console(pid: int, sig: int) -> None:
+        raise OSError(6, "The handle is invalid")
+
+    windows.setattr(_process.os, "kill", no_console)
+    windows.setattr(_process.subprocess, "run", lambda argv, **kw: ran.append(argv))
+    assert _process.signal_group(4242, kill=False) is True
+    assert ran == [["taskkill", "/PID", "4242", "/T", "/F"]]
