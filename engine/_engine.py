@@ -49,7 +49,9 @@ def _first_mention(described: Mapping[str, Any]) -> str:
     """What the log says of an operation the first time: its (redacted) URL and destination."""
     url, dest = described.get("url"), described.get("dest")
     if url or dest:
-        return f"{url or '?'} -> {dest or '?'}"
+        fetched = described.get("fetched_as")  # SPEC 6.3: the log says what is really fetched, too
+        also = f" (fetched as {fetched}: {described.get('note')})" if fetched else ""
+        return f"{url or '?'} -> {dest or '?'}{also}"
     name = described.get("name") or described.get("argv") or ""
     return str(name)[:200]
 

@@ -8,8 +8,11 @@ The file maps exact host names to request headers::
 A host with a port is written ``"host:port"``; without one it matches the
 scheme's default port only. The file must be private to the user: one that
 group or others can read (or write) is refused with an error naming the
-file and the fix (``chmod 600``), and nothing from it is used. Values are
-never shown: errors name the host and the header, never the value.
+file and the fix (``chmod 600``), and nothing from it is used. Each value
+follows the rules of every request header (``validate_headers``: spaces and
+tabs around it dropped, a control character or non-ASCII refused), so no
+library ever gets to quote it in an error. Values are never shown: errors
+name the host and the header, never the value.
 
 The file is read again when it changes (its mtime and size), so a running
 ``recovery serve`` picks up an edit without a restart.
@@ -25,7 +28,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from .._errors import AttemptFailed, error
+from .._errors import AttemptFailed, RefusedError, error
+from ._names import validate_headers
 
 __all__ = ["CREDENTIALS_FILE", "CredentialStore", "credentials_problem"]
 
@@ -118,6 +122,9 @@ def _parse(path: Path, raw: bytes) -> dict[str, dict[str, str]]:
                     or any(ch in name for ch in ":\r\n\x00 ") or any(ch in value for ch in "\r\n\x00")):
                 raise credentials_problem(path, f"[hosts.{host!r}] header {str(name)!r} has an invalid "
                                                 "name or value")
-            clean[name] = value
+            try:  # the rules of every request header (SPEC 6.1), checked before any request
+                clean.update(validate_headers({name: value}))
+            except RefusedError as exc:  # names the header, never its value
+                raise credentials_problem(path, f"[hosts.{host!r}] {exc.message}") from None
         result[host.strip().lower()] = clean
     return result

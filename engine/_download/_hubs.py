@@ -37,9 +37,9 @@ from typing import Mapping
 import attrs
 import httpx
 
-from .._errors import AttemptFailed, error
+from .._errors import AttemptFailed, RefusedError, error
 from ._credentials import CredentialStore
-from ._names import url_scope
+from ._names import url_scope, validate_headers
 
 __all__ = ["HostAuth", "HubEnv", "hub_failure", "hub_url", "web_page_failure", "MODEL_SUFFIXES"]
 
@@ -174,10 +174,29 @@ def host_auth(url: str, env: HubEnv, store: CredentialStore | None) -> HostAuth:
     has_auth = any(k.lower() == "authorization" for k in headers)
     if not has_auth:
         if host == env.hf_host and env.hf_token:
-            headers["Authorization"] = f"Bearer {env.hf_token}"
+            headers["Authorization"] = _bearer(env.hf_token, env.hf_token_source or "HF_TOKEN", host)
         elif host == env.civitai_host and env.civitai_token:
-            headers["Authorization"] = f"Bearer {env.civitai_token}"
+            headers["Authorization"] = _bearer(env.civitai_token, "CIVITAI_API_TOKEN", host)
     return HostAuth(host=host, headers=headers)
+
+
+def _bearer(token: str, source: str, host: str) -> str:
+    """``Bearer <token>``, checked like every header value before it is sent (SPEC 6.1).
+
+    A token with a control character or a non-ASCII character in it (a paste
+    accident) would make the HTTP library refuse the request with a message
+    that quotes it: refused here instead, naming where it came from, never its value.
+    """
+    value = f"Bearer {token}"
+    try:
+        validate_headers({"Authorization": value})
+    except RefusedError:
+        raise AttemptFailed(error(
+            "E_INVALID_INPUT", f"the token from {source} contains a control character or a character outside "
+                               f"printable ASCII, so it was not sent to {host} (its value is not shown)",
+            suggestion=f"Set {source} again to the token alone, exactly as your account's token page shows it, "
+                       "and retry.")) from None
+    return value
 
 
 def _hf_repo_page(url: str, env: HubEnv) -> tuple[str | None, str | None]:

@@ -268,7 +268,7 @@ class DownloadKind:
             # full disk) leaves no empty .part behind; anything with data in it is
             # kept for the resume.
             if part_file.size == 0 and not part_file.closed and not ctx.state.get("complete"):
-                remove_if_empty(part_file.fd, part)
+                remove_if_empty(part_file.fd, part, release=transfer.close)
             raise
         finally:
             transfer.close()
@@ -614,7 +614,7 @@ class _Transfer:
             if target != self.dest:
                 self.state["final_dest"] = str(target)
             await self.ctx.checkpoint()
-            publish(self.part.path, target, overwrite=self.spec.overwrite)  # still locked
+            publish(self.part.path, target, overwrite=self.spec.overwrite, release=self.part.close)  # still locked
             self.part.close()
             self.state["file"] = file_identity(target)
         except OSError as exc:

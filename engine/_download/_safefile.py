@@ -27,8 +27,9 @@ import errno
 import hashlib
 import logging
 import os
+import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,17 +119,30 @@ def open_part_fd(path: Path) -> int:
                                      "refusing to write there")
 
 
-def remove_if_empty(fd: int, path: Path) -> None:
-    """Unlink ``path`` when it is still the (empty) file open as ``fd``; call before closing."""
+def remove_if_empty(fd: int, path: Path, release: Callable[[], None] | None = None) -> None:
+    """Unlink ``path`` when it is still the (empty) file open as ``fd``; call before closing.
+
+    Where an open file's name cannot be removed (Windows), ``release``
+    closes ``fd`` first, and the name is removed if it is still that empty file.
+    """
     try:
         mine, there = os.fstat(fd), os.lstat(path)
     except OSError:
         return
-    if mine.st_size == 0 and (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+    if mine.st_size != 0 or (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+        return
+    if release is not None and not _platform.open_files_can_be_renamed():
+        release()
         try:
-            os.unlink(path)
+            now = os.lstat(path)
         except OSError:
-            pass
+            return
+        if now.st_size != 0 or (now.st_dev, now.st_ino) != (there.st_dev, there.st_ino):
+            return  # another writer took the name meanwhile
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def exists_error(dest: Path) -> AttemptFailed:
@@ -138,8 +152,18 @@ def exists_error(dest: Path) -> AttemptFailed:
                                "DownloadSpec(overwrite=True) or \"overwrite\": true)")
 
 
-def publish(part: Path, dest: Path, *, overwrite: bool) -> None:
-    """Give the verified ``part`` its final name ``dest`` durably (see the module docstring)."""
+def publish(part: Path, dest: Path, *, overwrite: bool, release: Callable[[], None] | None = None) -> None:
+    """Give the verified ``part`` its final name ``dest`` durably (see the module docstring).
+
+    ``release`` closes the writer's open ``.part`` (giving up its lock).
+    Where an open file's name can be neither removed nor replaced
+    (Windows), it is called once ``dest`` is a second name of the ``.part``,
+    so the file is never unprotected: a second writer finds a hard link and
+    leaves it alone. Elsewhere the caller closes after publishing.
+    """
+    if release is not None and not _platform.open_files_can_be_renamed():
+        _publish_closing_first(part, dest, overwrite=overwrite, release=release)
+        return
     if overwrite:
         os.replace(part, dest)
         fsync_dir(dest.parent)
@@ -160,6 +184,35 @@ def publish(part: Path, dest: Path, *, overwrite: bool) -> None:
             raise exists_error(dest) from None
         os.replace(part, dest)
     else:
+        os.unlink(part)
+    fsync_dir(dest.parent)
+
+
+def _publish_closing_first(part: Path, dest: Path, *, overwrite: bool, release: Callable[[], None]) -> None:
+    """`publish` where open files cannot be renamed: link while locked, close, then rename or unlink."""
+    staged = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.publish") if overwrite else dest
+    try:
+        os.link(part, staged, follow_symlinks=False)
+    except FileExistsError:
+        if overwrite:
+            raise
+        if not _same_file(part, dest):  # (the same file: a crash between link and unlink, finish it)
+            raise exists_error(dest) from None
+    except OSError:  # no hard links on this file system (FAT, exFAT): a checked rename after closing
+        release()
+        if not overwrite and os.path.lexists(dest):
+            raise exists_error(dest) from None
+        os.replace(part, dest)
+        fsync_dir(dest.parent)
+        return
+    release()
+    if overwrite:
+        try:
+            os.replace(staged, dest)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+    if _same_file(part, dest):  # never a fresh .part another writer made meanwhile
         os.unlink(part)
     fsync_dir(dest.parent)
 

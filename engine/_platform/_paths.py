@@ -11,6 +11,9 @@
   (the nearest existing one) and remembered.
 - Long paths: Windows refuses paths over 260 characters unless they carry
   the ``\\\\?\\`` prefix; `long_path` adds it there and changes nothing elsewhere.
+- Open files: Windows cannot remove or replace the name of a file that is
+  open (`open_files_can_be_renamed`); code that renames its own open file
+  closes it first there.
 
 Windows *file-name* rules (reserved names, trailing dots) are checked with
 the other name rules in ``engine._download._names``.
@@ -27,7 +30,8 @@ from typing import NamedTuple, Protocol
 
 from ._select import forced
 
-__all__ = ["FsStats", "case_insensitive", "default_state_dir", "long_path", "resource_path", "statvfs"]
+__all__ = ["FsStats", "case_insensitive", "default_state_dir", "long_path", "open_files_can_be_renamed",
+           "resource_path", "statvfs"]
 
 _APP = "recovery-engine"
 _WIN_MAX_PATH = 260
@@ -101,6 +105,16 @@ def resource_path(path: str) -> str:
     if case_insensitive(os.path.dirname(path) or "."):
         return os.path.normcase(path).casefold() if sys.platform == "win32" else path.casefold()
     return path
+
+
+def open_files_can_be_renamed() -> bool:
+    """Can a file's name be removed or replaced while this process has it open?
+
+    POSIX: yes. Windows: no; a file opened without ``FILE_SHARE_DELETE``
+    (as ``os.open`` does) can be neither deleted nor renamed, through any
+    of its names, until it is closed (``PermissionError``, WinError 32).
+    """
+    return sys.platform != "win32" and not forced("openrename")
 
 
 def long_path(path: str | os.PathLike[str]) -> str:

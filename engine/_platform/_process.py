@@ -8,10 +8,17 @@
   (``CREATE_NEW_PROCESS_GROUP``, so the console's Ctrl-C goes to the engine,
   not to it); "terminate" is ``CTRL_BREAK_EVENT`` to that group, "kill" is
   ``taskkill /T /F`` of the tree under the leader. The group counts as
-  alive while its leader runs.
+  alive while its leader runs. The leader's creation time stands in for
+  Linux's start time, so a group left by a killed engine is stopped only
+  while its pid still names the same process.
 - Commands: argv lists run without a shell; on Windows ``argv[0]`` is
   looked up as Windows does (``PATH`` and ``PATHEXT``, so ``pip`` finds
   ``pip.exe`` and ``setup`` finds ``setup.bat``) with `shutil.which`.
+
+Why not ``psutil``: what is needed here is a group signal, ``/proc`` (or
+two Win32 calls through ``ctypes``) and ``shutil.which``; a compiled
+dependency with wheels per platform would be the heaviest part of the
+install for about a hundred lines of standard library.
 """
 
 from __future__ import annotations
@@ -71,7 +78,16 @@ def own_group() -> int | None:
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgid, start_time)`` of ``pid`` from ``/proc``, or None if it is gone or unknown."""
+    """``(state, pgid, start_time)`` of ``pid``, or None if it is gone or unknown.
+
+    Linux: from ``/proc``. Windows: ``("R", pid, creation time)`` from
+    ``GetProcessTimes`` (a process group there is its leader), and
+    ``("?", pid, -1)`` for a process that exists but may not be queried, so
+    that a pid reused by someone else's process never passes for the
+    engine's own leftover command.
+    """
+    if sys.platform == "win32":
+        return _win_proc_stat(pid)
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read().decode("ascii", "replace")
@@ -118,14 +134,16 @@ def signal_group(pgid: int, kill: bool) -> bool:
     if sys.platform == "win32":
         if not pid_alive(pgid):
             return False
-        if kill:
-            subprocess.run(["taskkill", "/PID", str(pgid), "/T", "/F"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        else:
+        if not kill:
             try:
                 os.kill(pgid, signal.CTRL_BREAK_EVENT)
+                return True
             except OSError:
-                return False
+                # Ctrl-Break only reaches a group that shares the engine's console; started
+                # without one (a GUI launcher), the group can only be killed.
+                pass
+        subprocess.run(["taskkill", "/PID", str(pgid), "/T", "/F"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         return True
     try:
         os.killpg(pgid, signal.SIGKILL if kill else signal.SIGTERM)
@@ -163,5 +181,29 @@ def _win_pid_alive(pid: int) -> bool:
         return ctypes.GetLastError() == 5  # access denied: it exists
     try:
         return bool(kernel32.WaitForSingleObject(handle, 0) == wait_timeout)
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _win_proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """OpenProcess + GetProcessTimes: the creation time identifies a process across pid reuse."""
+    if sys.platform != "win32":  # pragma: no cover - for the type checker
+        return None
+    import ctypes
+    from ctypes import wintypes
+
+    query_limited, synchronize, wait_timeout, access_denied = 0x1000, 0x0010_0000, 0x0000_0102, 5
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(query_limited | synchronize, False, pid)
+    if not handle:
+        return ("?", pid, -1) if ctypes.GetLastError() == access_denied else None
+    try:
+        if kernel32.WaitForSingleObject(handle, 0) != wait_timeout:
+            return None  # it has exited
+        created, exited, kernel, user = (wintypes.FILETIME() for _ in range(4))
+        if not kernel32.GetProcessTimes(handle, ctypes.byref(created), ctypes.byref(exited),
+                                        ctypes.byref(kernel), ctypes.byref(user)):
+            return ("?", pid, -1)
+        return "R", pid, (created.dwHighDateTime << 32) | created.dwLowDateTime
     finally:
         kernel32.CloseHandle(handle)

@@ -22,6 +22,7 @@ FALLBACKS: dict[str, str] = {
     "dirsync": "no directory fsync (as on Windows): files are fsynced, directories are not",
     "pread": "no pread/pwrite (as on Windows): seek, read, seek back",
     "case": "destinations compared case-insensitively (as on Windows and macOS)",
+    "openrename": "an open file's name is never removed or replaced (as on Windows): the .part is closed first",
 }
 
 _forced: set[str] = set()

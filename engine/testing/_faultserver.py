@@ -179,6 +179,9 @@ class FaultServer:
     #: ``(path, Authorization header or None)`` of every file request, in order:
     #: tests prove which credentials reached this host.
     authorization_seen: list[tuple[str, str | None]] = attrs.field(factory=list, init=False)
+    #: ``(path, {lowercase name: value})`` of every file request, in order: every header that
+    #: reached this host (credential headers other than Authorization included).
+    headers_seen: list[tuple[str, dict[str, str]]] = attrs.field(factory=list, init=False)
 
     @property
     def base_url(self) -> str:
@@ -276,6 +279,7 @@ class FaultServer:
                     return
                 host = request.headers.get("host", "")
                 self.authorization_seen.append((request.path, request.headers.get("authorization")))
+                self.headers_seen.append((request.path, dict(request.headers)))
                 self._stats.open(host)
                 try:
                     await self._respond(stream, request)

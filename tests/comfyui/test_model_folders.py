@@ -97,3 +97,40 @@ def test_extra_model_paths_flag_and_a_bad_file(server: FaultServer, tmp_path: Pa
     refused = subprocess.run([*argv, "--extra-model-paths", str(bad)], capture_output=True, text=True,
                              env=ENV, timeout=60)
     assert refused.returncode == 2 and str(bad) in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("directory,alias", [("text_encoders", "clip"), ("diffusion_models", "unet"),
+                                             ("controlnet", "t2i_adapter")])
+def test_every_comfyui_alias_finds_a_present_model(tmp_path: Path, directory: str, alias: str) -> None:
+    """Each folder alias ComfyUI searches (clip, unet, t2i_adapter) counts a model there as present."""
+    from engine._projects._comfyui import plan_import
+
+    comfy = tmp_path / "ComfyUI"
+    present = comfy / "models" / alias / "m.safetensors"
+    present.parent.mkdir(parents=True)
+    present.write_bytes(b"mine")
+    wf = _workflow(tmp_path / "wf.json", "http://127.0.0.1:9", [(directory, "m.safetensors")])
+    plan = plan_import(wf, comfy)
+    assert plan.downloads == () and [Path(e.present_at or "") for e in plan.skipped] == [present]
+
+
+def test_relative_base_path_is_relative_to_the_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative base_path in extra_model_paths.yaml is read from the YAML file's folder, not the
+    working directory: a model there is present, and a missing one goes to its is_default folder."""
+    from engine._projects._comfyui import plan_import
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models").mkdir(parents=True)
+    shared = tmp_path / "shared-models"
+    (shared / "vae").mkdir(parents=True)
+    (shared / "vae" / "ae.safetensors").write_bytes(b"mine")
+    (comfy / "extra_model_paths.yaml").write_text(
+        "shared:\n  base_path: ../shared-models\n  is_default: true\n  vae: vae\n  loras: loras\n")
+    wf = _workflow(tmp_path / "wf.json", "http://127.0.0.1:9", [("vae", "ae.safetensors"),
+                                                                 ("loras", "new.safetensors")])
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    plan = plan_import(wf, comfy)
+    assert [Path(e.present_at or "").resolve() for e in plan.skipped] == [(shared / "vae" / "ae.safetensors")]
+    assert [Path(e.dest).resolve() for e in plan.downloads] == [shared / "loras" / "new.safetensors"]

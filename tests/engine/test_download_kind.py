@@ -350,12 +350,13 @@ async def test_503_with_retry_after(server: FaultServer, make: Callable[..., Run
 async def test_client_errors_are_not_retryable(
     server: FaultServer, make: Callable[..., Runner], status: int, code: str
 ) -> None:
-    """4xx answers map to E_HTTP_CLIENT, and 401/403 to E_AUTH, neither retry-worthy."""
+    """4xx answers map to E_HTTP_CLIENT, and 401/403 to E_AUTH, neither retry-worthy; no empty .part is left."""
     server.add_file("/m.bin", size=SIZE, faults=Faults(status=status))
     run = make(server.base_url + "/m.bin")
     exc, _ = await run.fail()
     assert exc.error.code == code and not exc.error.retryable
     assert str(status) in exc.error.message
+    assert not os.path.lexists(run.part) and not os.path.lexists(run.dest)  # SPEC 6.1
 
 
 async def test_unreachable_server(make: Callable[..., Runner]) -> None:

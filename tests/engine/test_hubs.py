@@ -78,14 +78,24 @@ async def test_token_file_in_hf_home(hub: HubServer, tmp_path: Path, autojump_cl
     assert hub.authorization_seen[0][1] == f"Bearer {HF_TOKEN}"
 
 
-async def test_blob_link_lands_as_the_file(hub: HubServer, tmp_path: Path, autojump_clock: Any) -> None:
-    """A /blob/ link is fetched as /resolve/: the real bytes land, and the submitted event says so."""
+async def test_blob_link_lands_as_the_file(hub: HubServer, tmp_path: Path, autojump_clock: Any,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A /blob/ link is fetched as /resolve/: the real bytes land, and the submitted event and the log say so."""
     hub.add_model("org/model", "clip_l.safetensors", size=SIZE)
     url = "https://huggingface.co/org/model/blob/main/clip_l.safetensors"
-    final, events = await fetch(tmp_path, DownloadSpec(url=url))
+    with caplog.at_level("INFO", logger="engine"):
+        final, events = await fetch(tmp_path, DownloadSpec(url=url))
+    new = [r.getMessage() for r in caplog.records if "new download" in r.getMessage()]
+    assert len(new) == 1 and "/blob/main/clip_l" in new[0] and "fetched as " in new[0], new
+    assert f"{hub.base_url}/org/model/resolve/main/clip_l.safetensors" in new[0]
     assert final.status is Status.SUCCESS, final.error
     dest = tmp_path / "downloads" / "clip_l.safetensors"
     assert dest.read_bytes()[:4] != b"<!do" and dest.stat().st_size == SIZE
+    import hashlib
+
+    from engine.testing import content_sha256
+
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == content_sha256("/repos/org/model/clip_l.safetensors", SIZE)
     submitted = next(e for e in events if e.type == "submitted")
     assert "/resolve/main/clip_l.safetensors" in submitted["spec"]["fetched_as"]
     assert "/blob/" in submitted["spec"]["note"]
@@ -122,10 +132,14 @@ async def test_gated_repo(hub: HubServer, tmp_path: Path, monkeypatch: pytest.Mo
     assert "gated" in final.error.message
     page = f"{hub.base_url}/black-forest-labs/FLUX.1-Fill-dev"
     assert page in final.error.suggestion and "licence" in final.error.suggestion
+    assert "HF_TOKEN" in final.error.suggestion  # SPEC 6.3: the suggestion names the variable either way
+    assert "FLUX.1-Fill-dev" in final.error.message
     if with_token:
         assert "has no access" in final.error.suggestion and "HTTP 403" in final.error.message
+        assert hub.authorization_seen[0][1] == f"Bearer {HF_TOKEN}"  # the token was sent, and refused
     else:
         assert "set HF_TOKEN" in final.error.suggestion and "HTTP 401" in final.error.message
+        assert hub.authorization_seen[0][1] is None
     assert HF_TOKEN not in repr([e.to_dict() for e in events])
 
 
@@ -138,6 +152,12 @@ async def test_resume_after_a_cdn_drop_starts_from_resolve(hub: HubServer, tmp_p
     assert [p for p, _a in hub.authorization_seen] == ["/org/model/resolve/main/big.safetensors"] * 2
     ranges = hub.cdn.stats.paths["/repos/org/model/big.safetensors"].ranges
     assert len(ranges) == 2 and ranges[0][0] == 0 and (ranges[1][0] or 0) > 0
+    import hashlib
+
+    from engine.testing import content_sha256
+
+    got = hashlib.sha256((tmp_path / "downloads" / "big.safetensors").read_bytes()).hexdigest()
+    assert got == content_sha256("/repos/org/model/big.safetensors", SIZE)
 
 
 async def test_civitai_named_by_content_disposition(hub: HubServer, tmp_path: Path,
@@ -209,3 +229,36 @@ async def test_credentials_toml_for_exactly_its_host(tmp_path: Path, autojump_cl
     assert "credentials.toml" in final.error.message and "other users" in final.error.message
     assert "chmod 600" in final.error.suggestion and "private-x" not in repr(final)
     assert len(server.authorization_seen) == 1  # nothing was sent with a file others can read
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_civitai_refusal_status_is_e_auth_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    status: int, autojump_clock: Any) -> None:
+    """civitai answering 401/403 itself (not a redirect to its sign-in page) is E_AUTH naming
+    CIVITAI_API_TOKEN; nothing is written."""
+    server = FaultServer()
+    async with server.running() as base:
+        monkeypatch.setenv("CIVITAI_ENDPOINT", base)
+        server.add_file("/api/download/models/5", size=100, faults=Faults(status=status))
+        final, _ = await fetch(tmp_path, DownloadSpec(url="https://civitai.com/api/download/models/5",
+                                                      dest="loras/x.safetensors"))
+    assert final.status is Status.FAILED and final.error.code == "E_AUTH", final.error
+    assert f"HTTP {status}" in final.error.message and "CIVITAI_API_TOKEN" in final.error.suggestion
+    assert not (tmp_path / "downloads" / "loras").exists() or not any((tmp_path / "downloads" / "loras").iterdir())
+
+
+@pytest.mark.parametrize("token", ["hf_pasted\x0bsecret", "hf_pasted\u00a0secret"], ids=["vertical tab", "nbsp"])
+async def test_hub_token_with_odd_characters_is_refused_unsent_and_unshown(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str,
+        caplog: pytest.LogCaptureFixture, autojump_clock: Any) -> None:
+    """An HF_TOKEN with a control or non-ASCII character inside (a paste accident) is E_INVALID_INPUT naming
+    HF_TOKEN, with no request made; no error, event or log line quotes it (the HTTP library would)."""
+    monkeypatch.setenv("HF_TOKEN", token)
+    hub.add_model("org/model", "a.safetensors", size=1000)
+    with caplog.at_level("DEBUG", logger="engine"):
+        final, events = await fetch(tmp_path, DownloadSpec(url=f"{hub.base_url}/org/model/resolve/main/a.safetensors"))
+    assert final.status is Status.FAILED and final.error.code == "E_INVALID_INPUT"
+    assert "HF_TOKEN" in final.error.message and "HF_TOKEN" in final.error.suggestion
+    assert hub.authorization_seen == [] and hub.cdn.stats.requests == 0
+    shown = repr([e.to_dict() for e in events]) + repr(final) + caplog.text
+    assert "pasted" not in shown and "secret" not in shown

@@ -56,15 +56,17 @@ async def test_planted_part_link_is_never_written_through(server: FaultServer, m
     assert run.dest.read_bytes() == file.read() and not run.dest.is_symlink()
 
 
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
 async def test_planted_part_link_with_404_truncates_nothing(server: FaultServer, make: Callable[..., Runner],
-                                                            tmp_path: Path) -> None:
-    """A 404 with a planted .part symlink leaves the other file intact and no .part behind."""
+                                                            tmp_path: Path, link: str) -> None:
+    """A 404 with a planted .part symlink or hard link leaves the other file intact and no .part behind."""
     run = make(server.base_url + "/missing.bin")
     victim = _other(tmp_path)
-    os.symlink(victim, run.part)
+    (os.symlink if link == "symlink" else os.link)(victim, run.part)
     exc, _ = await run.fail()
     assert exc.error.code == "E_HTTP_CLIENT"
     assert victim.read_bytes() == OTHER and not os.path.lexists(run.part)
+    assert os.stat(victim).st_nlink == 1
 
 
 async def test_second_writer_gets_in_use(server: FaultServer, make: Callable[..., Runner]) -> None:
@@ -167,7 +169,8 @@ def test_header_value_surrounding_space_is_dropped() -> None:
     assert validate_headers({"Authorization": "Bearer abc \t"}) == {"Authorization": "Bearer abc"}
 
 
-@pytest.mark.parametrize("name", ["con", "NUL.safetensors", "COM1", "aux", "lpt9.txt", "a<b", "x.", "y "])
+@pytest.mark.parametrize("name", ["con", "NUL.safetensors", "COM1", "aux", "lpt9.txt", "a<b", "x.", "y ", "a:b.bin",
+                                  "CON.tar.gz", "conin$", "com\u00b9", 'a"b', "a|b", "a?b", "a*b", "m.safetensors. "])
 def test_windows_names(name: str) -> None:
     """Windows device names and characters are refused for import entries and reduced in names from URLs."""
     assert windows_name_problem(name) is not None
@@ -188,3 +191,99 @@ def test_state_dir_temp_files_removed_at_start(tmp_path: Path) -> None:
     assert not leftover.exists()
 
 
+
+
+_CREDENTIALS = {"Authorization": "Bearer s3cr3t", "Cookie": "sid=c00kie", "X-Api-Key": "k3y", "X-HF-Token": "hf-t0k",
+                "X-Custom-Secret": "cust0m", "Proxy-Authorization": "Basic cHJveHk="}
+
+
+@pytest.mark.parametrize("hop", ["other host", "other port", "same origin"])
+async def test_credential_headers_never_reach_the_host_a_redirect_leads_to(tmp_path: Path, hop: str) -> None:
+    """Against real loopback servers: a redirect to another host or port delivers none of the credential
+    headers there (Authorization, Cookie, X-Api-Key, X-HF-Token, *-Secret, Proxy-Authorization) but does
+    deliver the others; a same-origin redirect keeps them all; the file lands exact either way."""
+    import hashlib
+
+    import trio
+
+    from engine import Status, open_engine
+
+    first = FaultServer()
+    target = FaultServer(host="127.0.0.2") if hop == "other host" else FaultServer()
+    async with first.running(), target.running():
+        served = (first if hop == "same origin" else target).add_file("/files/m.bin", size=SIZE)
+        base = first.base_url if hop == "same origin" else target.base_url
+        from engine.testing import Faults
+
+        first.add_file("/start", size=1, faults=Faults(redirect_to=base + "/files/m.bin"))
+        settings = Settings(download_root=str(tmp_path / "dl"), max_retries=0)
+        async with open_engine(tmp_path / "state", settings) as eng:
+            op = await eng.submit(DownloadSpec(url=first.base_url + "/start", dest="m.bin",
+                                               headers={**_CREDENTIALS, "X-Trace": "visible"}))
+            with trio.fail_after(60):
+                final = await eng.wait(op.id)
+        assert final.status is Status.SUCCESS, final.error
+        assert hashlib.sha256((tmp_path / "dl" / "m.bin").read_bytes()).hexdigest() == served.sha256
+        asked = dict(first.headers_seen)["/start"]
+        reached = dict((first if hop == "same origin" else target).headers_seen)["/files/m.bin"]
+    for name, value in _CREDENTIALS.items():
+        assert asked.get(name.lower()) == value  # the host the user named gets them all
+        assert (reached.get(name.lower()) == value) is (hop == "same origin"), (name, reached)
+    assert reached.get("x-trace") == "visible"
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("cd:CON", "_CON"), ("cd:nul.safetensors", "_nul.safetensors"), ("cd:model.safetensors. ", "model.safetensors"),
+    ("cd:a:b.bin", "a_b.bin"), ("url:COM1", "_COM1"), ("url:aux.tar.gz", "_aux.tar.gz")])
+async def test_device_names_from_the_server_are_reduced_end_to_end(tmp_path: Path, given: str,
+                                                                   expected: str) -> None:
+    """A Windows device name (or a trailing dot/space, a ':') in Content-Disposition or the URL's last
+    segment lands under a reduced, safe name in the folder asked for, on every platform."""
+    import trio
+
+    from engine import Status, open_engine
+    from engine.testing import Faults
+
+    source, name = given.split(":", 1)
+    server = FaultServer()
+    async with server.running():
+        if source == "cd":
+            file = server.add_file("/api/download/7", size=SIZE,
+                                   faults=Faults(content_disposition=f'attachment; filename="{name}"'))
+            url = server.base_url + "/api/download/7"
+        else:
+            file = server.add_file("/files/" + name, size=SIZE)
+            url = server.base_url + "/files/" + name
+        async with open_engine(tmp_path / "state", Settings(download_root=str(tmp_path / "dl"))) as eng:
+            op = await eng.submit(DownloadSpec(url=url))
+            with trio.fail_after(60):
+                final = await eng.wait(op.id)
+    assert final.status is Status.SUCCESS, final.error
+    assert [p.name for p in (tmp_path / "dl").iterdir()] == [expected]
+    assert windows_name_problem(expected) is None
+    assert (tmp_path / "dl" / expected).read_bytes() == file.read()
+
+
+async def test_engine_start_removes_temp_files_anywhere_in_the_state_dir_only(tmp_path: Path) -> None:
+    """open_engine removes the temp files a crash left in the state dir and its folders (statistics,
+    snapshots, settings), keeps other files, and never follows a link out of the state dir."""
+    from engine import open_engine
+
+    state = tmp_path / "state"
+    (state / "operations").mkdir(parents=True, mode=0o700)
+    (state / "logs").mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    theirs = elsewhere / ".data.bin.0123abcd.tmp"
+    theirs.write_bytes(OTHER)
+    os.symlink(elsewhere, state / "linked")
+    leftovers = [state / ".stats.msgpack.9f8e7d6c.tmp", state / ".settings.json.00ff00ff.tmp",
+                 state / "operations" / ".1a2b-c3.msgpack.deadbeef.tmp", state / "logs" / ".x.0a0b0c0d.tmp"]
+    kept = [state / "notes.tmp", state / ".stats.msgpack.tmp", state / "operations" / "readme.txt"]
+    for path in leftovers + kept:
+        path.write_bytes(b"half")
+    async with open_engine(state):
+        pass
+    assert [p for p in leftovers if p.exists()] == []
+    assert all(p.read_bytes() == b"half" for p in kept)
+    assert theirs.read_bytes() == OTHER

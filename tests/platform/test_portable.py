@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 _MODULES = {"fcntl", "termios", "resource", "msvcrt"}
@@ -69,6 +70,14 @@ _BLOCKED_RUN = textwrap.dedent('''
     assert not {"fcntl", "termios", "resource"} & set(sys.modules), sorted(sys.modules)
     from engine import _platform
     assert _platform.lock_kind() == "portable"
+    # The rest of the portable paths too: per-file fsync (no syncfs), no SO_RCVLOWAT, no directory
+    # fsync, no pread (as on Windows); the download below must still end exact.
+    _platform.force_fallback("lock", "syncfs", "rcvlowat", "dirsync", "pread")
+    assert not (_platform.has_syncfs() or _platform.rcvlowat_supported() or _platform.dir_sync_supported())
+    import os
+    fsynced = []
+    real_fsync = os.fsync
+    os.fsync = lambda fd: (fsynced.append(fd), real_fsync(fd))[1]
 
     import hashlib, trio
     from pathlib import Path
@@ -87,6 +96,7 @@ _BLOCKED_RUN = textwrap.dedent('''
             assert final.status is Status.SUCCESS, final.error
             assert hashlib.sha256((tmp / "dl" / "m.bin").read_bytes()).hexdigest() == f.sha256
             assert not (tmp / "state" / "lock.owner").exists()
+        assert fsynced, "nothing was fsynced"
         print("imported", len(names), "modules; download ok")
 
     trio.run(main, Path(sys.argv[1]))
@@ -95,9 +105,33 @@ _BLOCKED_RUN = textwrap.dedent('''
 
 def test_engine_imports_and_downloads_without_fcntl_termios_resource(tmp_path: Path) -> None:
     """With fcntl, termios and resource unimportable (a meta-path blocker, as on Windows), every engine
-    module imports and a download that drops once resumes to the exact file through the portable lock."""
+    module imports and a download that drops once resumes to the exact file through the portable paths
+    (portable lock, per-file fsync, no SO_RCVLOWAT, no directory fsync, no pread)."""
     proc = subprocess.run([sys.executable, "-c", _BLOCKED_RUN, str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "download ok" in proc.stdout
     assert int(proc.stdout.split()[1]) > 60
+
+
+def test_forced_fallbacks_reach_this_process_and_the_ones_it_starts(request: Any) -> None:
+    """What --platform-fallback forces (all of them with 'all': no syncfs, no SO_RCVLOWAT, the portable
+    lock, no directory fsync, no pread) is in force here and in every engine process a test starts; without
+    the option nothing is forced anywhere."""
+    from engine import _platform
+    from engine._platform import _select
+
+    raw = request.config.getoption("--platform-fallback")
+    expected = sorted(_platform.FALLBACKS.keys() - {"case"}) if raw == "all" else sorted(n for n in raw.split(",") if n)
+    assert sorted(_select._forced) == expected
+    probe = ("from engine import _platform; from engine._platform import _select; "
+             "print('|'.join([','.join(sorted(_select._forced)), _platform.lock_kind(), str(_platform.has_syncfs()), "
+             "str(_platform.rcvlowat_supported()), str(_platform.dir_sync_supported())]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    forced, lock, syncfs, rcvlowat, dirsync = proc.stdout.strip().split("|")
+    assert sorted(n for n in forced.split(",") if n) == expected
+    assert (lock == "portable") is ("lock" in expected)
+    assert (syncfs == "False") is ("syncfs" in expected or "dirsync" in expected)
+    assert (rcvlowat == "False") is ("rcvlowat" in expected)
+    assert (dirsync == "False") is ("dirsync" in expected)

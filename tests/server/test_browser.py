@@ -335,3 +335,39 @@ async def test_dashboard_shows_the_connections_a_progress_event_carries(tmp_path
             await trio.to_thread.run_sync(drive, url, token, op.id)
             assert eng.get(op.id).connections == 4  # the API's view carries it too (snapshot, GET)
             nursery.cancel_scope.cancel()
+
+
+def test_dashboard_form_refuses_then_overwrites_an_existing_file(tmp_path, faults, browser_page, start_serve,
+                                                                 stop_serve):
+    """The add form on a file already there: E_EXISTS at the destination field, the file untouched and
+    nothing fetched; with "Replace a file already there" ticked, the download replaces it (SPEC 6.1, 15)."""
+    import hashlib
+
+    from engine.testing import content_sha256
+
+    page, problems = browser_page
+    root = tmp_path / "models-root"
+    mine = root / "vae" / "ae.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own vae")
+    server = start_serve(tmp_path / "state", root)
+    try:
+        url = faults.url("/files/ae.safetensors", size=64 * 1024)
+        page.goto(server.link)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        page.fill("#add-url", url)
+        page.fill("#add-dest", "vae/ae.safetensors")
+        page.click("#add-submit")
+        expect(page.locator('.field-error[data-for="dest"]')).to_contain_text("already exists")
+        expect(page.locator("tr[data-op-id]")).to_have_count(0)
+        assert mine.read_bytes() == b"the user's own vae" and faults.stats.requests == 0
+
+        page.check("#add-overwrite")
+        page.click("#add-submit")
+        row = page.locator('tr[data-op-id]:has-text("ae.safetensors")')
+        expect(row).to_have_count(1)
+        expect(row).to_have_attribute("data-status", "success", timeout=15_000)
+        assert hashlib.sha256(mine.read_bytes()).hexdigest() == content_sha256("/files/ae.safetensors", 64 * 1024)
+    finally:
+        stop_serve(server)
+    assert problems == []
