@@ -23,6 +23,7 @@ import httpx
 
 from .._units import human_bytes, human_duration
 from .._errors import RefusedError
+from ._answers import Refused, answer, op_path
 
 __all__ = ["add_parsers"]
 
@@ -40,12 +41,6 @@ _CONTROLS = {
 
 class _NoServer(Exception):
     pass
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
 
 
 def add_parsers(sub: Any) -> None:
@@ -115,18 +110,7 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
             response = client.request(method, path, json=body)
     except httpx.TransportError as exc:
         raise _no_server(state_dir, f"{info['url']} does not answer: {type(exc).__name__}") from None
-    if response.status_code == 204:
-        return None
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.is_success:
-        return data
-    err = (data or {}).get("error") if isinstance(data, dict) else None
-    if not isinstance(err, dict):
-        err = {"code": f"HTTP_{response.status_code}", "message": response.text[:200]}
-    raise _Refused(response.status_code, str(err.get("code")), str(err.get("message")), err.get("field"))
+    return answer(response)
 
 
 def _run(args: argparse.Namespace, work: Any) -> int:
@@ -135,7 +119,7 @@ def _run(args: argparse.Namespace, work: Any) -> int:
     except _NoServer as exc:
         print(f"recovery {args.command}: {exc}", file=sys.stderr)
         return EXIT_NO_SERVER
-    except _Refused as exc:
+    except Refused as exc:
         if args.json:
             err = {"code": exc.code, "message": exc.message}
             if exc.field:
@@ -306,23 +290,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     def work() -> None:
-        op = _request(args, "GET", f"/api/operations/{_quote(args.id)}")
+        op = _request(args, "GET", op_path(args.id))
         _print_json(op) if args.json else _show_operation(op)
 
     return _run(args, work)
-
-
-def _quote(op_id: str) -> str:
-    import urllib.parse
-
-    return urllib.parse.quote(op_id, safe="")
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
     action = args.action or ("force-retry" if args.force else "retry")
 
     def work() -> None:
-        op = _request(args, "POST", f"/api/operations/{_quote(args.id)}/{action}")
+        op = _request(args, "POST", op_path(args.id, action))
         if args.json:
             _print_json(op)
         else:

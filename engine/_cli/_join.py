@@ -25,6 +25,7 @@ import attrs
 import httpx
 import trio
 
+from ._answers import Refused, answer, op_path
 from ._display import JsonLines, make_display
 
 __all__ = ["Remote", "Server", "ServerGone", "find_server", "follow_on_server", "spec_body"]
@@ -101,29 +102,17 @@ def spec_body(spec: Any) -> dict[str, Any]:
     return one(spec)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-
 async def _call(client: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
     try:
         response = await client.request(method, path, json=body)
     except httpx.HTTPError as exc:
         raise ServerGone(f"{type(exc).__name__}: {exc}") from None
     try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.is_success:
-        return data
-    err = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(err, dict):
-        if response.status_code in (502, 503):
-            raise ServerGone(f"HTTP {response.status_code}")
-        err = {"code": f"HTTP_{response.status_code}", "message": response.text[:200]}
-    raise _Refused(response.status_code, str(err.get("code")), str(err.get("message")), err.get("field"))
+        return answer(response)
+    except Refused as exc:
+        if exc.code in ("HTTP_502", "HTTP_503"):  # a proxy's answer, not the server's: it went away
+            raise ServerGone(f"HTTP {exc.status}") from None
+        raise
 
 
 class Remote:
@@ -136,7 +125,7 @@ class Remote:
         return await _call(self._client, "GET", "/api/operations")  # type: ignore[no-any-return]
 
     async def cancel(self, op_id: str) -> dict[str, Any]:
-        return await _call(self._client, "POST", f"/api/operations/{_quote(op_id)}/cancel")  # type: ignore[no-any-return]
+        return await _call(self._client, "POST", op_path(op_id, "cancel"))  # type: ignore[no-any-return]
 
 
 #: ``prepare`` for a joined server: specs to submit, or recorded operation views to follow as they are.
@@ -149,25 +138,19 @@ async def _take_over(client: httpx.AsyncClient, op: dict[str, Any]) -> dict[str,
     if action is None:
         return op
     try:
-        return await _call(client, "POST", f"/api/operations/{_quote(op['id'])}/{action}")  # type: ignore[no-any-return]
-    except _Refused:
+        return await _call(client, "POST", op_path(op["id"], action))  # type: ignore[no-any-return]
+    except Refused:
         return op  # it moved meanwhile (another client): follow it as it is
 
 
 async def _fetch(client: httpx.AsyncClient, view: dict[str, Any]) -> dict[str, Any]:
     """The operation's whole record now; one that was cancelled and forgotten elsewhere stays cancelled."""
     try:
-        return await _call(client, "GET", f"/api/operations/{_quote(view['id'])}")  # type: ignore[no-any-return]
-    except _Refused as exc:
+        return await _call(client, "GET", op_path(view["id"]))  # type: ignore[no-any-return]
+    except Refused as exc:
         if exc.status == 404:
             return {**view, "status": "cancelled"}
         raise
-
-
-def _quote(op_id: str) -> str:
-    import urllib.parse
-
-    return urllib.parse.quote(op_id, safe="")
 
 
 def _say(message: str) -> None:
@@ -189,7 +172,7 @@ async def follow_on_server(server: Server, specs: Sequence[Any], *, json_mode: b
     headers = [(b"authorization", f"Bearer {server.token}".encode("ascii"))]
     # An answer the follow-up cannot use (a 500, a token that changed) counts as the server going
     # away too: the caller decides again, and gives up with a message if it keeps happening.
-    gone = (ServerGone, ConnectionClosed, HandshakeError, OSError, httpx.HTTPError, _Refused)
+    gone = (ServerGone, ConnectionClosed, HandshakeError, OSError, httpx.HTTPError, Refused)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, trust_env=False,
                                      timeout=_TIMEOUT_S) as client:
@@ -229,7 +212,7 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                                                                       spec_body(spec))
                 op = await _take_over(client, op)
                 views[op["id"]] = op
-        except _Refused as exc:
+        except Refused as exc:
             field = f" (field: {exc.field})" if exc.field else ""
             _say(f"the engine serving this state directory ({server.url}) refused: {exc.code}: "
                  f"{exc.message}{field}")
@@ -312,8 +295,8 @@ async def _run(server: Server, client: httpx.AsyncClient, ws: Any, specs: Sequen
                 if view["status"] in _SETTLED:
                     continue
                 try:
-                    views[op_id] = await _call(client, "POST", f"/api/operations/{_quote(op_id)}/pause")
-                except _Refused:
+                    views[op_id] = await _call(client, "POST", op_path(op_id, "pause"))
+                except Refused:
                     pass  # settled meanwhile
             if not json_mode:
                 make_display().summary(views.values(), interrupted=True)

@@ -21,7 +21,8 @@ import trio
 from .._history import HistoryBucket, summarize
 from .._report import engine_report, operation_report, read_state_dir, report_text
 from .._units import human_bytes
-from ._client import _NoServer, _Refused, _request, _state_dir
+from ._answers import Refused, op_path
+from ._client import _NoServer, _request, _state_dir
 from ._logsetup import redact
 
 __all__ = ["add_parsers"]
@@ -59,10 +60,10 @@ def _redacted(value: Any) -> Any:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    path = f"/api/operations/{args.id}/report" if args.id else "/api/report"
+    path = op_path(args.id, "report") if args.id else "/api/report"
     try:
         doc = _request(args, "GET", path + ("?network=0" if args.no_network else ""))
-    except _Refused as exc:
+    except Refused as exc:
         print(f"recovery report: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_NOT_FOUND if exc.status == 404 else EXIT_USAGE
     except _NoServer:
@@ -103,7 +104,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         data = _request(args, "GET", f"/api/recovery/history?hours={args.hours}")
-    except _Refused as exc:
+    except Refused as exc:
         print(f"recovery history: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     except _NoServer:
