@@ -270,10 +270,7 @@ def _nothing_missing(name: str) -> Callable[[Engine, list[Any]], Any]:
         recorded = recorded_project(eng, ProjectSpec(name=name, steps=[]))
         if recorded is not None and not recorded.terminal:
             await eng.cancel(recorded.id)  # drops its partial file; finished files stay
-            _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
-                 "needed and was cancelled (finished files stay)")
-        else:
-            _say("nothing to download")
+        _say_nothing_missing(name, cancelled=recorded is not None and not recorded.terminal)
         return []
 
     return prepare
@@ -288,14 +285,18 @@ def _nothing_missing_on(name: str) -> Callable[[Remote, list[Any]], Any]:
                 if op.get("resource") == key and op["status"] not in ("success", "cancelled")]
         for op in live:
             await server.cancel(op["id"])
-        if live:
-            _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
-                 "needed and was cancelled (finished files stay)")
-        else:
-            _say("nothing to download")
+        _say_nothing_missing(name, cancelled=bool(live))
         return []
 
     return prepare
+
+
+def _say_nothing_missing(name: str, *, cancelled: bool) -> None:
+    if cancelled:
+        _say(f"nothing to download; the unfinished run recorded for {name!r} is no longer "
+             "needed and was cancelled (finished files stay)")
+    else:
+        _say("nothing to download")
 
 
 _COMMANDS.append(_add_import)
