@@ -458,9 +458,10 @@
 
   async function loadSettings() {
     const res = await api("GET", "/api/settings");
-    if (res.ok) renderSettings(res.data, true);
+    if (res.ok) renderSettings(res.data, false);
   }
 
+  // force: after this page saved them (what the user typed is now the saved value).
   function renderSettings(values, force) {
     settings = values;
     const grid = $("#settings-fields");
@@ -478,10 +479,11 @@
           el("span", { class: "field-error", "data-for": name })));
       }
       const shown = value === null || value === undefined ? "" : String(value);
-      if (force || document.activeElement !== input) {
-        input.value = shown;
-        input.dataset.saved = shown;
-      }
+      // A value the user typed and has not saved yet is theirs: a reload (a reconnect, another
+      // client's change) moves what it is compared with, never what they typed.
+      const edited = input.dataset.saved !== undefined && input.value !== input.dataset.saved;
+      if (force || !edited) input.value = shown;
+      input.dataset.saved = shown;
     }
   }
 

@@ -196,6 +196,31 @@ def test_dashboard_reconnects_after_a_server_restart(tmp_path, browser_page, sta
     assert [p for p in problems if "WebSocket" not in p] == []
 
 
+def test_settings_typed_but_not_saved_survive_a_reload(tmp_path, browser_page, start_serve, stop_serve):
+    """Another client's change reloads the form: its field moves, the value the user is typing stays theirs."""
+    page, problems = browser_page
+    server = start_serve(tmp_path / "state", tmp_path / "root")
+    try:
+        page.goto(server.link)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator('input[name="history_limit"]')).to_have_value("1000")
+        page.fill('input[name="history_limit"]', "500")
+        page.locator('input[name="history_limit"]').blur()  # typed, then looked elsewhere: still unsaved
+        response = httpx.put(f"{server.url}/api/settings", json={"max_retries": 7},
+                             headers={"Authorization": f"Bearer {server.token}"}, timeout=5)
+        assert response.status_code == 200, response.text
+        expect(page.locator('input[name="max_retries"]')).to_have_value("7")
+        expect(page.locator('input[name="history_limit"]')).to_have_value("500")
+        page.click("#settings-save")
+        expect(page.locator("#settings-result")).to_have_text("Saved.")
+        saved = httpx.get(f"{server.url}/api/settings", headers={"Authorization": f"Bearer {server.token}"},
+                          timeout=5).json()
+        assert (saved["history_limit"], saved["max_retries"]) == (500, 7)
+    finally:
+        stop_serve(server)
+    assert problems == []
+
+
 DOCS_RECOVERING = DOCS_SCREENSHOT.with_name("dashboard-recovering.png")
 DOCS_RECOVERED = DOCS_SCREENSHOT.with_name("dashboard-recovered.png")
 
