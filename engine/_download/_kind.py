@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any, Callable, Literal
@@ -62,6 +61,7 @@ from .. import _platform
 from .._units import human_bytes
 from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
 from ._part import PartFile, Writer, free_bytes
+from ._ranges import content_length, content_range, if_range, same_version, unsatisfied_total
 from ._redirects import send_following_redirects
 from ._safefile import (
     complete_at_once,
@@ -122,37 +122,6 @@ def download_paths(spec: DownloadSpec) -> tuple[Path, Path]:
 def _derived_name(spec: DownloadSpec) -> bool:
     """Whether the destination's name is the fallback for a URL without a usable name."""
     return spec.dest is not None and Path(spec.dest).name == FALLBACK_NAME and name_from_url(spec.url) is None
-
-
-# --- HTTP helpers -----------------------------------------------------------------
-
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
-_UNSATISFIED = re.compile(r"\s*bytes\s+\*/(\d+)\s*", re.IGNORECASE)
-
-
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``(start, end_inclusive, total or None)`` of a 206's Content-Range, None if unusable."""
-    m = _CONTENT_RANGE.fullmatch(value or "")
-    if m is None:
-        return None
-    start, end = int(m[1]), int(m[2])
-    total = None if m[3] == "*" else int(m[3])
-    if end < start or (total is not None and end >= total):
-        return None
-    return start, end, total
-
-
-def _unsatisfied_total(value: str | None) -> int | None:
-    m = _UNSATISFIED.fullmatch(value or "")
-    return int(m[1]) if m else None
-
-
-def _content_length(headers: httpx.Headers) -> int | None:
-    try:
-        value = int(headers.get("content-length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
 
 
 # --- the kind -----------------------------------------------------------------------
@@ -357,8 +326,7 @@ class _Transfer:
         headers["Accept-Encoding"] = "identity"  # byte offsets must be file offsets
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
-            etag = self.state.get("etag")
-            validator = etag if etag and not etag.startswith("W/") else self.state.get("last_modified")
+            validator = if_range(self.state)
             if validator:
                 headers["If-Range"] = validator
         return headers
@@ -404,17 +372,12 @@ class _Transfer:
                     pass
 
     def _same_version(self, headers: httpx.Headers) -> bool:
-        """False when the response's validators contradict the recorded ones."""
-        etag, got_etag = self.state.get("etag"), headers.get("etag")
-        if etag and got_etag:
-            return bool(etag == got_etag)
-        modified, got_modified = self.state.get("last_modified"), headers.get("last-modified")
-        return not (modified and got_modified and modified != got_modified)
+        return same_version(self.state, headers)
 
     async def _handle(self, response: httpx.Response, offset: int) -> _Outcome:
         status, headers = response.status_code, response.headers
         if status == 416 and offset > 0:
-            total = _unsatisfied_total(headers.get("content-range"))
+            total = unsatisfied_total(headers.get("content-range"))
             if total == offset and self._same_version(headers):
                 self._set_total(total)
                 return "done"
@@ -432,7 +395,7 @@ class _Transfer:
             raise page  # before a byte is written (and before a partial file is discarded)
 
         if status == 206:
-            content_range = _content_range(headers.get("content-range"))
+            content_range = content_range(headers.get("content-range"))
             problem = None
             if content_range is None:
                 problem = "a partial response without a usable Content-Range"
@@ -450,7 +413,7 @@ class _Transfer:
         else:
             if offset > 0:
                 await self._restart("the server ignored the range request or the file changed")
-            end = _content_length(headers)
+            end = content_length(headers)
             self._set_total(end)
             self._adopt_validators(headers, fresh=True)
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import trio
 
 from .. import _platform
 
-__all__ = ["HashWorker", "ReadBatcher", "widen_reads"]
+__all__ = ["HashWorker", "PrefixHasher", "ReadBatcher", "widen_reads"]
 
 # Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
 # read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
@@ -135,4 +135,84 @@ class HashWorker:
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
+            self._thread.join()
+
+
+class PrefixHasher:
+    """sha256 of a file's contiguous prefix, read back in order as the prefix grows (SPEC 6.2).
+
+    Segments arrive out of order, so the hash cannot take chunks as they
+    come: `advance` says how far the file is contiguous now, and a helper
+    thread reads ``[hashed, upto)`` back (from the page cache: it was just
+    written) with ``read_at(n, offset)`` on a descriptor of its own, so no
+    file position is shared with the writer. The hash is complete when the
+    file is, and nothing is read twice. `hexdigest` waits for the rest;
+    `close` ends the thread and is called on every way out.
+    """
+
+    _CHUNK = 1024 * 1024
+
+    def __init__(self, read_at: Callable[[int, int], bytes], *, hasher: Any = None, start: int = 0) -> None:
+        self._read_at = read_at
+        self._hasher = hasher if hasher is not None else hashlib.sha256()
+        self.hashed = start
+        self._target = start
+        self._closed = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="engine-sha256-prefix", daemon=True)
+        self._thread.start()
+
+    def advance(self, upto: int) -> None:
+        """The file is written contiguously up to ``upto``: hash up to there."""
+        with self._cond:
+            if upto > self._target:
+                self._target = upto
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self.hashed >= self._target:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                target = self._target
+            try:
+                while self.hashed < target and not self._closed:
+                    data = self._read_at(min(self._CHUNK, target - self.hashed), self.hashed)
+                    if not data:
+                        raise OSError(f"the partial file ends at byte {self.hashed}, before {target}")
+                    self._hasher.update(data)
+                    with self._cond:
+                        self.hashed += len(data)
+                        self._cond.notify_all()
+            except BaseException as exc:  # kept for hexdigest, never lost
+                with self._cond:
+                    self.error = exc
+                    self._closed = True
+                    self._cond.notify_all()
+                return
+
+    def wait_until(self, upto: int) -> None:
+        """Block until ``upto`` bytes are hashed (raises the reader's error)."""
+        self.advance(upto)
+        with self._cond:
+            while self.hashed < upto and self.error is None and not self._closed:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+        if self.hashed < upto:
+            raise RuntimeError("the hash was closed before it was complete")
+
+    def hexdigest(self) -> str:
+        self.wait_until(self._target)
+        self.close()
+        return str(self._hasher.hexdigest())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()

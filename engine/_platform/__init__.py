@@ -5,7 +5,7 @@ The rest of the engine never imports ``fcntl``, ``termios``, ``resource`` or
 ``SO_RCVLOWAT`` itself: it calls these helpers (one concern per module):
 
 - `_lock`: the state directory's lock (flock / msvcrt / portable pid file);
-- `_durable`: fsync, F_FULLFSYNC, directory sync, syncfs, pread/pwrite;
+- `_durable`: fsync, F_FULLFSYNC, directory sync, syncfs, pread/pwrite, fallocate;
 - `_process`: process groups / Windows process groups and tree kill, command lookup;
 - `_net`: SO_RCVLOWAT where it exists, unsent bytes;
 - `_paths`: the state dir (platformdirs), case-insensitive folders, long paths;
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ._console import interrupt_signals, terminate_signals
 from ._durable import (close_dir, dir_sync_supported, fsync_dir, fsync_file, has_syncfs, open_dir, pread,
-                       pwrite, syncfs)
+                       preallocate, pwrite, syncfs)
 from ._lock import LockHeld, StateLock, acquire as acquire_lock, lock_kind, lock_open_file
 from ._net import rcvlowat_supported, set_rcvlowat, unsent_bytes
 from ._paths import FsStats, case_insensitive, statvfs, default_state_dir, long_path, resource_path
@@ -30,6 +30,6 @@ __all__ = [
     "FALLBACKS", "FsStats", "statvfs", "LockHeld", "StateLock", "acquire_lock", "case_insensitive", "close_dir", "default_state_dir",
     "dir_sync_supported", "force_fallback", "forced", "fsync_dir", "fsync_file", "group_members",
     "has_syncfs", "interrupt_signals", "lock_kind", "lock_open_file", "long_path", "open_dir", "own_group", "pid_alive",
-    "pread", "proc_stat", "process_usage", "pwrite", "rcvlowat_supported", "resolve_command", "resource_path",
+    "pread", "preallocate", "proc_stat", "process_usage", "pwrite", "rcvlowat_supported", "resolve_command", "resource_path",
     "set_rcvlowat", "signal_group", "spawn_group_kwargs", "syncfs", "terminate_signals", "unsent_bytes",
 ]

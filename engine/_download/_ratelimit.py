@@ -1,0 +1,64 @@
+"""Receive-rate limits: one token bucket per scope, shared by every connection in it (SPEC 6.2).
+
+Two scopes exist: the engine (``max_download_rate_bps``, one bucket the
+download kind owns) and one download (``DownloadSpec.rate_limit_bps``).
+A connection takes tokens for the bytes it has just read, before it reads
+more; a bucket in debt makes it wait, so the socket's receive window fills
+and the server slows down. The rate is read again at every wait (at least
+every `_RECHECK_S`), so a live settings change applies within a second, and
+0 (unlimited) releases every waiter at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import trio
+
+__all__ = ["TokenBucket", "take_all"]
+
+_BURST_S = 0.1  # a bucket may hold this many seconds of tokens (a burst after idling)
+_RECHECK_S = 0.25
+
+
+@attrs.define(eq=False)
+class TokenBucket:
+    """Bytes per second from ``rate_bps()`` (0 or less: unlimited), shared by all its takers."""
+
+    rate_bps: Callable[[], float]
+    _tokens: float = 0.0
+    _last: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rate_bps() > 0
+
+    def _refill(self, rate: float) -> None:
+        now = trio.current_time()
+        if self._last is not None:
+            self._tokens = min(rate * _BURST_S, self._tokens + (now - self._last) * rate)
+        self._last = now
+
+    async def take(self, nbytes: int) -> None:
+        """Account ``nbytes`` just received; wait while the bucket is in debt."""
+        rate = self.rate_bps()
+        if rate <= 0:
+            self._tokens, self._last = 0.0, None
+            return
+        self._refill(rate)
+        self._tokens -= nbytes
+        while self._tokens < 0:
+            await trio.sleep(min(-self._tokens / rate, _RECHECK_S))
+            rate = self.rate_bps()
+            if rate <= 0:
+                self._tokens, self._last = 0.0, None
+                return
+            self._refill(rate)
+
+
+async def take_all(buckets: tuple[TokenBucket, ...], nbytes: int) -> None:
+    """Take ``nbytes`` from every bucket that limits (no await at all when none does)."""
+    for bucket in buckets:
+        if bucket.limited:
+            await bucket.take(nbytes)
