@@ -69,6 +69,8 @@ class _FaultState:
     drops: int = 0
     stalls: int = 0
     statuses: int = 0
+    sending: int = 0  # responses of the path being sent now
+    refused: int = 0  # requests refused by ``max_concurrent``
 
 
 async def _read_request(stream: trio.SocketStream) -> _Request | None:
@@ -374,10 +376,19 @@ class FaultServer:
             await _send_simple(stream, faults.status, body, headers, method=method)
             return
 
+        if faults.max_concurrent is not None and state.sending >= faults.max_concurrent:
+            state.refused += 1
+            self._stats.record(path, method, 503)
+            await _send_simple(stream, 503, b"too many connections\n", method=method)
+            return
         state.served += 1
         if faults.change_after is not None and state.served > faults.change_after:
             file = file.changed(faults.changed_size)
-        await self._send_file(stream, request, file, faults, state)
+        state.sending += 1
+        try:
+            await self._send_file(stream, request, file, faults, state)
+        finally:
+            state.sending -= 1
 
     async def _redirect(self, stream: trio.SocketStream, path: str, method: str, location: str) -> None:
         self._stats.record(path, method, 302)
