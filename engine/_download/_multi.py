@@ -20,7 +20,7 @@ writes its segment in place (``pwrite``), one task per connection:
   durable ends move and the snapshot get written (data before metadata).
 - **Hash**: `PrefixHasher` reads the contiguous prefix back as it grows.
 - **Failures**: a retry-worthy error on one connection retries its segment
-  while another connection still moves data; otherwise it ends the attempt
+  while the download still moves data; otherwise it ends the attempt
   (the operation's retry policy takes over and the next attempt resumes the
   table). A 200, a ``Content-Range`` other than asked, or other validators
   raise `Restart`: the whole download starts over. A 403, 429 or 503 to an
@@ -58,7 +58,8 @@ _GAIN = 0.25  # a doubling must raise the total rate by this much to keep going
 _USELESS = 0.05  # extras that raised it by less than this are retired
 _SLOW_FACTOR = 4.0  # a connection this many times slower than a thief hands its segment over
 _HANDOFF_MIN = 256 * 1024  # nothing smaller is worth a new request
-_MAX_SEGMENT_RETRIES = 5
+_MAX_SEGMENT_RETRIES = 3
+_RECENT_S = 2.0  # data arrived this recently: the download is moving
 _RETRY_DELAY_S = 0.5
 _CLOSE_GRACE_S = 1.0
 _REFUSALS = (403, 429, 503)
@@ -269,11 +270,18 @@ class SegmentedTransfer:
         self._release(conn)
 
     def _may_retry(self, conn: _Conn, exc: AttemptFailed) -> bool:
-        """A retry-worthy error, while another connection still moves data, within a few tries."""
+        """A retry-worthy error while the download still moves data, within a few tries.
+
+        Data moves when another connection received bytes lately, or this one
+        did just before it failed (a drop mid-body, a busy answer right after
+        it finished a segment): the segment is asked for again at once.
+        Otherwise the attempt ends and the operation's retry policy decides.
+        """
         if not exc.error.retryable or conn.failures >= _MAX_SEGMENT_RETRIES:
             return False
-        now, stall_s = trio.current_time(), self.ctx.settings.stall_timeout_s
-        return any(c is not conn and c.open and now - c.last_byte_at < stall_s for c in self._conns)
+        now = trio.current_time()
+        recent = min(self.ctx.settings.stall_timeout_s, _RECENT_S)
+        return any(now - c.last_byte_at < recent for c in self._conns)
 
     async def _open(self, conn: _Conn, seg: Segment) -> httpx.Response | None:
         """The checked 206 for ``[pos, end)``; None when the host refused an extra connection."""

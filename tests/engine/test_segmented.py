@@ -86,3 +86,82 @@ async def test_file_exact_over_n_connections(
     if connections == 1:
         assert len(server.stats.paths["/m.bin"].records) == 1
     assert server.stats.paths["/m.bin"].body_bytes_sent >= SIZE
+
+
+async def run_one(server: FaultServer, tmp_path: Path, spec: DownloadSpec, **settings: Any) -> tuple[Any, list[Any], set[int]]:
+    """Run ``spec`` to its end; its final view, its events and every ``connections`` shown."""
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path, **settings),
+                           disk=INLINE_DISK) as eng:
+        shown: set[int] = set()
+        async with eng.subscribe() as sub, trio.open_nursery() as nursery:
+            await nursery.start(watch_connections, eng, shown)
+            op = await eng.submit(spec)
+            final = await eng.wait(op.id)
+            nursery.cancel_scope.cancel()
+            events = sub.drain()
+    return final, events, shown
+
+
+async def test_a_server_that_ignores_ranges_gets_one_connection(
+    server: FaultServer, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """No Accept-Ranges and 200 to every request: one connection, one request, the file exact."""
+    file = server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=PER_CONNECTION_BPS, ignore_range=True))
+    final, _, shown = await run_one(server, tmp_path, DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin",
+                                                                   sha256=file.sha256))
+    assert final.status is Status.SUCCESS, final.error
+    assert sha256_of(tmp_path / "downloads" / "m.bin") == file.sha256
+    assert peak(server) == 1 and len(server.stats.paths["/m.bin"].records) == 1 and shown == {1}
+
+
+async def test_a_server_that_refuses_a_second_range_is_used_with_one(
+    server: FaultServer, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """503 to the second connection: the download goes on with one, no retry, and the host is remembered."""
+    file = server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=PER_CONNECTION_BPS, max_concurrent=1))
+    server.add_file("/n.bin", size=SIZE, faults=Faults(rate_bps=PER_CONNECTION_BPS))
+    async with open_engine(state_dir=tmp_path / "state", settings=settings_for(tmp_path), disk=INLINE_DISK) as eng:
+        async with eng.subscribe() as sub:
+            op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256))
+            final = await eng.wait(op.id)
+            statuses = [r.status for r in server.stats.paths["/m.bin"].records]
+            # a later download from the same host opens no second connection
+            second = await eng.submit(DownloadSpec(url=server.base_url + "/n.bin", dest="n.bin"))
+            second_final = await eng.wait(second.id)
+            events = sub.drain()
+    assert final.status is Status.SUCCESS and second_final.status is Status.SUCCESS
+    assert sha256_of(tmp_path / "downloads" / "m.bin") == file.sha256
+    assert statuses[0] == 200 and 503 in statuses and not [e for e in events if e.type == "retry_scheduled"]
+    assert len(server.stats.paths["/n.bin"].records) == 1
+
+
+async def test_a_drop_on_one_connection_retries_that_segment_only(
+    server: FaultServer, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """One connection drops while others run: its segment resumes inside the attempt, no retry is scheduled."""
+    file = server.add_file("/m.bin", size=SIZE,
+                           faults=Faults(rate_bps=PER_CONNECTION_BPS, drop_after=700_000, drop_times=1))
+    final, events, shown = await run_one(server, tmp_path, DownloadSpec(
+        url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256, connections=4))
+    assert final.status is Status.SUCCESS, final.error
+    assert sha256_of(tmp_path / "downloads" / "m.bin") == file.sha256
+    records = server.stats.paths["/m.bin"].records
+    assert [r.outcome for r in records].count("dropped") == 1
+    assert not [e for e in events if e.type == "retry_scheduled"] and final.retries_total == 0
+    assert max(shown) > 1
+    dropped = next(r for r in records if r.outcome == "dropped")
+    resumed_at = (dropped.range_start or 0) + dropped.bytes_sent
+    assert [r for r in records if r.range_start == resumed_at]  # the retry asked for the bytes after the drop
+
+
+async def test_content_changed_on_one_connection_restarts_cleanly(
+    server: FaultServer, tmp_path: Path, autojump_clock: Any
+) -> None:
+    """The file changes after two requests: the next range gets a 200 and the whole download restarts, exact."""
+    server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=PER_CONNECTION_BPS, change_after=2))
+    final, events, _ = await run_one(server, tmp_path, DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin"))
+    assert final.status is Status.SUCCESS, final.error
+    changed = server._files["/m.bin"][0].changed()
+    assert (tmp_path / "downloads" / "m.bin").read_bytes() == changed.read()
+    records = server.stats.paths["/m.bin"].records
+    assert records[-1].status == 200 and records[-1].range_start == 0 and records[-1].outcome == "complete"
