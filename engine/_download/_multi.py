@@ -229,12 +229,15 @@ class SegmentedTransfer:
 
     def _adopt_orphans(self) -> None:
         """A segment was given up and no staying connection will pass by: start one for it."""
-        if self._fatal is not None or self._nursery is None or self.table.unowned() is None:
+        nursery = self._nursery
+        if self._fatal is not None or nursery is None or nursery.cancel_scope.cancel_called:
+            return  # ending anyway (a failure, a pause, the engine stopping)
+        if self.table.unowned() is None:
             return
         if any(not c.retire for c in self._conns):
             return  # it takes the segment when its own is done
         conn = self._new_conn(extra=False)
-        self._nursery.start_soon(self._worker, conn, None)
+        nursery.start_soon(self._worker, conn, None)
 
     async def _work(self, conn: _Conn, first: httpx.Response | None) -> None:
         while self._fatal is None and not conn.retire:
