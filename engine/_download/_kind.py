@@ -90,10 +90,10 @@ from ._names import (
 )
 from .._settings import Settings
 from .._specs import DownloadSpec, redact_headers
-from ._wire import HashWorker, PrefixHasher, ReadBatcher, widen_reads
+from ._wire import READ_BYTES, HashWorker, PrefixHasher, ReadBatcher, widen_reads
 from ._hosts import HostConnections
 from ._multi import Restart, SegmentedTransfer
-from ._ratelimit import TokenBucket, take_all
+from ._ratelimit import TokenBucket, read_size, take_all
 from ._segments import SegmentTable
 from ._credentials import CredentialStore
 from ._hubs import HubEnv, host_auth, hub_failure, hub_url, web_page_failure
@@ -405,7 +405,7 @@ class _Transfer:
         if self.hasher is not None and self.hashed != offset:
             await self._rehash(offset)
         response = await self._send(self._headers(offset))
-        widen_reads(response)
+        widen_reads(response, read_size(self.buckets, READ_BYTES))
         try:
             return await self._handle(response, offset)
         except (httpx.HTTPError, OSError) as exc:

@@ -45,9 +45,9 @@ from .._errors import AttemptFailed, classify_exception, classify_status, failur
 from .._kinds import AttemptContext
 from ._hosts import HostConnections
 from ._ranges import content_range, same_version
-from ._ratelimit import TokenBucket, take_all
+from ._ratelimit import TokenBucket, read_size, take_all
 from ._segments import Segment, SegmentTable
-from ._wire import PrefixHasher, ReadBatcher, widen_reads
+from ._wire import READ_BYTES, PrefixHasher, ReadBatcher, widen_reads
 
 __all__ = ["Restart", "SegmentedTransfer"]
 
@@ -116,6 +116,8 @@ class SegmentedTransfer:
     _prefix: int = 0
     _bg: Background | None = None
     _growing: bool = True
+    _stopping: bool = False
+    _waits: list[int] = attrs.Factory(list)
 
     # -- the run ---------------------------------------------------------------
 
@@ -217,6 +219,9 @@ class SegmentedTransfer:
             self._fail(exc)
         except (httpx.HTTPError, OSError) as exc:
             self._fail(classify_exception(exc))
+        except trio.Cancelled:
+            self._stopping = True  # paused, or the engine stops: nobody takes over a segment now
+            raise
         finally:
             self._release(conn)
             self._conns.remove(conn)
@@ -230,7 +235,7 @@ class SegmentedTransfer:
     def _adopt_orphans(self) -> None:
         """A segment was given up and no staying connection will pass by: start one for it."""
         nursery = self._nursery
-        if self._fatal is not None or nursery is None or nursery.cancel_scope.cancel_called:
+        if self._fatal is not None or nursery is None or self._stopping or nursery.cancel_scope.cancel_called:
             return  # ending anyway (a failure, a pause, the engine stopping)
         if self.table.unowned() is None:
             return
@@ -300,7 +305,7 @@ class SegmentedTransfer:
                                   f"when bytes {start}-{end - 1} were asked")
                 if not same_version(self.ctx.state, headers):
                     raise Restart("a partial response for another version of the file")
-                widen_reads(response)
+                widen_reads(response, read_size(self.buckets, READ_BYTES))
                 return response
             if status == 200:
                 raise Restart("the server ignored a range request or the file changed")
@@ -408,15 +413,27 @@ class SegmentedTransfer:
         return conn
 
     async def _measure(self) -> float:
+        self._waits = [b.waits for b in self.buckets]
         before, began = self._written, trio.current_time()
         await trio.sleep(_PROBE_S)
         return (self._written - before) / max(trio.current_time() - began, 1e-9)
 
+    def _at_limit(self) -> bool:
+        """Whether a rate limit, not the connections, held the rate down in the last window."""
+        return any(b.limited and (b.waits > seen or b.waiting) for b, seen in zip(self.buckets, self._waits))
+
     async def _grow(self) -> None:
-        """Double the connections while each doubling pays (see the module docstring)."""
+        """Double the connections while each doubling pays (see the module docstring).
+
+        While a rate limit holds the download back, more connections cannot
+        help: growth waits (and resumes if the limit is raised or lifted).
+        """
         rate = await self._measure()
         while self._growing and self._fatal is None:
             current = len(self._conns)
+            if self._at_limit() or current >= self._cap():
+                rate = await self._measure()
+                continue
             spawned = [self._spawn() for _ in range(min(current, self._cap() - current))]
             new_conns = [c for c in spawned if c is not None]
             if not new_conns:
@@ -424,13 +441,13 @@ class SegmentedTransfer:
             after = await self._measure()
             if not self._growing:
                 return
-            if after < rate * (1 + _USELESS):
+            if after < rate * (1 + _USELESS) and not self._at_limit():
                 for conn in new_conns:  # they did not help at all: back to what was
                     conn.retire = True
                 log.info("op %s: more connections did not raise the rate (%.0f -> %.0f B/s): %d kept",
                          self.ctx.op_id, rate, after, len(self._conns) - len(new_conns))
                 return
-            if after < rate * (1 + _GAIN):
+            if after < rate * (1 + _GAIN) and not self._at_limit():
                 return
             rate = after
 

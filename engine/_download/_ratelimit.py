@@ -16,10 +16,11 @@ from typing import Callable
 import attrs
 import trio
 
-__all__ = ["TokenBucket", "take_all"]
+__all__ = ["TokenBucket", "read_size", "take_all"]
 
 _BURST_S = 0.1  # a bucket may hold this many seconds of tokens (a burst after idling)
 _RECHECK_S = 0.25
+_MIN_WAIT_S = 0.001  # a clock may not move for a shorter sleep
 
 
 @attrs.define(eq=False)
@@ -29,6 +30,10 @@ class TokenBucket:
     rate_bps: Callable[[], float]
     _tokens: float = 0.0
     _last: float | None = None
+    #: how many times a taker had to wait: the limit, not the network, set the pace
+    waits: int = 0
+    #: takers waiting now
+    waiting: int = 0
 
     @property
     def limited(self) -> bool:
@@ -48,13 +53,19 @@ class TokenBucket:
             return
         self._refill(rate)
         self._tokens -= nbytes
-        while self._tokens < 0:
-            await trio.sleep(min(-self._tokens / rate, _RECHECK_S))
-            rate = self.rate_bps()
-            if rate <= 0:
-                self._tokens, self._last = 0.0, None
-                return
-            self._refill(rate)
+        if self._tokens < -0.5:
+            self.waits += 1
+        self.waiting += 1
+        try:
+            while self._tokens < -0.5:  # less than a byte of debt is float rounding, not debt
+                await trio.sleep(max(_MIN_WAIT_S, min(-self._tokens / rate, _RECHECK_S)))
+                rate = self.rate_bps()
+                if rate <= 0:
+                    self._tokens, self._last = 0.0, None
+                    return
+                self._refill(rate)
+        finally:
+            self.waiting -= 1
 
 
 async def take_all(buckets: tuple[TokenBucket, ...], nbytes: int) -> None:
@@ -62,3 +73,11 @@ async def take_all(buckets: tuple[TokenBucket, ...], nbytes: int) -> None:
     for bucket in buckets:
         if bucket.limited:
             await bucket.take(nbytes)
+
+
+def read_size(buckets: tuple[TokenBucket, ...], largest: int) -> int:
+    """Bytes to read from a socket at once: a tenth of a second at the tightest limit, at most ``largest``."""
+    limits = [b.rate_bps() for b in buckets if b.limited]
+    if not limits:
+        return largest
+    return max(16 * 1024, min(largest, int(min(limits) / 10)))

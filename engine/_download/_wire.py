@@ -20,20 +20,24 @@ import trio
 
 from .. import _platform
 
-__all__ = ["HashWorker", "PrefixHasher", "ReadBatcher", "widen_reads"]
+__all__ = ["READ_BYTES", "HashWorker", "PrefixHasher", "ReadBatcher", "widen_reads"]
 
 # Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
 # read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
 # loopback download. The kernel returns what it has, so a larger request never delays
 # data on a slow link.
 _READ_BYTES = 1024 * 1024
+READ_BYTES = _READ_BYTES
 _LOWAT_MAX = 256 * 1024  # wake for at most this many bytes at once (SO_RCVLOWAT)
 _LOWAT_WARMUP = 1024 * 1024  # measure the rate over this much before batching
 _STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
 
 
-def widen_reads(response: httpx.Response) -> None:
-    """Let the HTTP/1.1 connection carrying ``response`` read up to `_READ_BYTES` at a time.
+def widen_reads(response: httpx.Response, read_bytes: int = _READ_BYTES) -> None:
+    """Let the HTTP/1.1 connection carrying ``response`` read up to ``read_bytes`` at a time.
+
+    A rate-limited download asks for less (a tenth of a second at its rate),
+    so what it lets through is smooth, not 1 MiB bursts.
 
     httpcore has no setting for it, so this follows the response's stream down
     to the connection and sets its ``READ_NUM_BYTES`` on that one instance
@@ -43,7 +47,7 @@ def widen_reads(response: httpx.Response) -> None:
     obj: Any = response.stream
     for _ in range(8):
         if isinstance(getattr(type(obj), "READ_NUM_BYTES", None), int):
-            obj.READ_NUM_BYTES = _READ_BYTES
+            obj.READ_NUM_BYTES = read_bytes
             return
         obj = next((getattr(obj, name) for name in _STREAM_LINKS if hasattr(obj, name)), None)
         if obj is None:
