@@ -90,7 +90,7 @@ from ._names import (
 )
 from .._settings import Settings
 from .._specs import DownloadSpec, redact_headers
-from ._wire import READ_BYTES, HashWorker, PrefixHasher, ReadBatcher, widen_reads
+from ._wire import READ_BYTES, HashWorker, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
 from ._hosts import HostConnections
 from ._multi import Restart, SegmentedTransfer
 from ._ratelimit import TokenBucket, read_size, take_all
@@ -405,7 +405,10 @@ class _Transfer:
         if self.hasher is not None and self.hashed != offset:
             await self._rehash(offset)
         response = await self._send(self._headers(offset))
-        widen_reads(response, read_size(self.buckets, READ_BYTES))
+        reads = read_size(self.buckets, READ_BYTES)
+        widen_reads(response, reads)
+        if reads < READ_BYTES:
+            limit_buffer(response, 2 * reads)
         try:
             return await self._handle(response, offset)
         except (httpx.HTTPError, OSError) as exc:

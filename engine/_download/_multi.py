@@ -47,7 +47,7 @@ from ._hosts import HostConnections
 from ._ranges import content_range, same_version
 from ._ratelimit import TokenBucket, read_size, take_all
 from ._segments import Segment, SegmentTable
-from ._wire import READ_BYTES, PrefixHasher, ReadBatcher, widen_reads
+from ._wire import READ_BYTES, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
 
 __all__ = ["Restart", "SegmentedTransfer"]
 
@@ -305,7 +305,10 @@ class SegmentedTransfer:
                                   f"when bytes {start}-{end - 1} were asked")
                 if not same_version(self.ctx.state, headers):
                     raise Restart("a partial response for another version of the file")
-                widen_reads(response, read_size(self.buckets, READ_BYTES))
+                reads = read_size(self.buckets, READ_BYTES)
+                widen_reads(response, reads)
+                if reads < READ_BYTES:
+                    limit_buffer(response, 2 * reads)
                 return response
             if status == 200:
                 raise Restart("the server ignored a range request or the file changed")

@@ -20,7 +20,7 @@ import trio
 
 from .. import _platform
 
-__all__ = ["READ_BYTES", "HashWorker", "PrefixHasher", "ReadBatcher", "widen_reads"]
+__all__ = ["READ_BYTES", "HashWorker", "PrefixHasher", "ReadBatcher", "limit_buffer", "widen_reads"]
 
 # Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
 # read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
@@ -31,6 +31,17 @@ READ_BYTES = _READ_BYTES
 _LOWAT_MAX = 256 * 1024  # wake for at most this many bytes at once (SO_RCVLOWAT)
 _LOWAT_WARMUP = 1024 * 1024  # measure the rate over this much before batching
 _STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
+
+
+def limit_buffer(response: httpx.Response, size: int) -> None:
+    """Cap the kernel's receive buffer of the socket under ``response`` (a rate-limited download)."""
+    stream = response.extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:  # noqa: BLE001 - an unexpected transport: leave it alone
+        sock = None
+    if sock is not None:
+        _platform.set_rcvbuf(sock, size)
 
 
 def widen_reads(response: httpx.Response, read_bytes: int = _READ_BYTES) -> None:

@@ -166,6 +166,9 @@ class FaultServer:
 
     host: str = "127.0.0.1"
     port: int = 0
+    #: ``SO_SNDBUF`` of every connection (None: the kernel's autotuned default). A small one
+    #: makes the bytes booked as sent follow what the client really took (rate measurements).
+    send_buffer: int | None = None
     _base_url: str | None = attrs.field(default=None, init=False)
     _files: dict[str, tuple[VirtualFile, Faults]] = attrs.field(factory=dict, init=False)
     _faults: dict[str, _FaultState] = attrs.field(factory=dict, init=False)
@@ -286,6 +289,8 @@ class FaultServer:
             raise failure[0]
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.send_buffer is not None:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         try:
             async with stream:
                 try:

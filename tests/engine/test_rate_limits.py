@@ -23,7 +23,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 async def server() -> AsyncIterator[FaultServer]:
-    srv = FaultServer()
+    srv = FaultServer(send_buffer=64 * 1024)  # what the server books as sent is what the engine took
     async with srv.running():
         yield srv
 
