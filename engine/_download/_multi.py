@@ -9,7 +9,8 @@ writes its segment in place (``pwrite``), one task per connection:
   unowned one, else half of the largest remaining one (never leaving a piece
   under ``min_segment_bytes``); one far slower than the thief (a quarter of
   its rate) hands all it has left over at once.
-- **Adaptive count**: the first connection runs alone for a probe window;
+- **Adaptive count**: the first connection runs alone for a probe window
+  (a resume starts with one per unfinished segment, up to the cap);
   then connections are doubled while each doubling raises the total rate by
   `_GAIN` at least, up to the cap (``max_connections``, the spec's
   ``connections``, a host's remembered limit, and ``max_connections_per_host``
@@ -139,6 +140,14 @@ class SegmentedTransfer:
             nursery.start_soon(self._checkpoints)
             conn = self._new_conn(extra=False)
             nursery.start_soon(self._worker, conn, first)
+            if first is None:
+                # a resume: as many connections as segments were left open (the
+                # count the last run had found), then growth goes on from there
+                conn.segment = self._assign(conn)
+                left = sum(1 for seg in self.table if not seg.done and seg.owner is None)
+                for _ in range(left):
+                    if self._spawn() is None:
+                        break
             nursery.start_soon(self._grow)
         if self._fatal is not None:
             raise self._fatal
