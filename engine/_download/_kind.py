@@ -190,8 +190,12 @@ class DownloadKind:
         return still_complete(done, state, spec)
 
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
-        """The URL's host, lowercase, with the port when it is not the scheme's default."""
-        return url_scope(spec.url)
+        """The current source's host, lowercase, with the port when it is not the scheme's default.
+
+        Each mirror is its own breaker scope (SPEC 6.2): the scope follows
+        ``state["source"]``, the source the next attempt starts from.
+        """
+        return url_scope(_source_url(spec, state))
 
     def describe(self, spec: DownloadSpec) -> dict[str, Any]:
         """The spec as shown in events and the API: no credentials."""
@@ -283,6 +287,24 @@ class DownloadKind:
             transfer.close()
 
 
+#: Failures a mirror may answer better: the network, the server, or the URL itself.
+_SOURCE_FAILURES = frozenset({"E_NET_TIMEOUT", "E_NET_UNREACHABLE", "E_NET_INTERRUPTED", "E_SERVER_OVERLOAD",
+                              "E_HTTP_CLIENT", "E_NOT_FOUND", "E_FORBIDDEN", "E_AUTH", "E_TLS"})
+
+
+def _sources(spec: DownloadSpec) -> list[str]:
+    return [spec.url, *(spec.mirrors or [])]
+
+
+def _source_index(spec: DownloadSpec, state: dict[str, Any]) -> int:
+    index = state.get("source", 0)
+    return index if isinstance(index, int) and 0 <= index < len(_sources(spec)) else 0
+
+
+def _source_url(spec: DownloadSpec, state: dict[str, Any]) -> str:
+    return _sources(spec)[_source_index(spec, state)]
+
+
 def _recorded_offset(state: dict[str, Any]) -> int:
     offset = state.get("offset")
     return offset if isinstance(offset, int) and offset > 0 else 0
@@ -352,7 +374,44 @@ class _Transfer:
     def state(self) -> dict[str, Any]:
         return self.ctx.state
 
+    @property
+    def source(self) -> str:
+        """The URL this attempt fetches from now: ``spec.url`` or one of its mirrors."""
+        return _source_url(self.spec, self.state)
+
     async def run(self) -> None:
+        """Fetch from the recorded source; one that fails before sending a byte hands over to the next.
+
+        Mirrors (SPEC 6.2): without a sha256 nothing proves two servers'
+        copies are the same, so a new source starts the file over; with one,
+        the partial file is kept (the hash checks it at the end) and only the
+        old server's validators are forgotten.
+        """
+        sources = _sources(self.spec)
+        tried = 1
+        while True:
+            received = self.ctx.bytes_received
+            try:
+                await self._run_source()
+                return
+            except AttemptFailed as exc:
+                if (tried >= len(sources) or self.ctx.bytes_received > received
+                        or exc.error.code not in _SOURCE_FAILURES or self.part.closed):
+                    raise
+                failed = self.source
+                tried += 1
+                self.state["source"] = (_source_index(self.spec, self.state) + 1) % len(sources)
+                log.warning("op %s: %s failed (%s: %s); trying mirror %s", self.ctx.op_id, redact_url(failed),
+                            exc.error.code, exc.error.message, redact_url(self.source))
+                await self._switch_source()
+
+    async def _switch_source(self) -> None:
+        for key in ("etag", "last_modified", "cd_name"):
+            self.state.pop(key, None)
+        if not self.spec.sha256 and (self.part.size or "segments" in self.state):
+            await self._restart("another source serves the whole file")
+
+    async def _run_source(self) -> None:
         state = self.state
         if self.part.size < _recorded_offset(state):
             state["offset"] = self.part.size  # .part lost or cut behind our back: keep what is there
@@ -361,7 +420,9 @@ class _Transfer:
         if self.total is not None and self.part.size > self.total:
             await self._restart(f"the partial file ({self.part.size} bytes) is larger than the file")
         if self.spec.sha256:
-            self.hasher = HashWorker()
+            if self.hasher is not None:
+                self.hasher.close()
+            self.hasher, self.hashed = HashWorker(), 0
         restarts = 0
         table = _recorded_table(state)
         if table is None:
@@ -432,7 +493,7 @@ class _Transfer:
                                 write=settings.stall_timeout_s, pool=None)
         # Every attempt starts from the original URL, with the hub rules of SPEC 6.3.
         env = HubEnv.current()
-        url, note = hub_url(self.spec.url, env)
+        url, note = hub_url(self.source, env)
         if note:
             log.info("op %s: %s: %s", ctx.op_id, note, redact_url(url))
         auth = host_auth(url, env, self.credentials)
@@ -519,7 +580,7 @@ class _Transfer:
     def _connection_cap(self) -> int:
         settings = self.ctx.settings
         cap = min(settings.max_connections, self.spec.connections or settings.max_connections)
-        host_limit = self.hosts.limit(url_scope(self.spec.url) or "")
+        host_limit = self.hosts.limit(url_scope(self.source) or "")
         return min(cap, host_limit) if host_limit is not None else cap
 
     def _splittable(self, status: int, headers: httpx.Headers) -> bool:
@@ -543,7 +604,7 @@ class _Transfer:
             self.hasher.close()
             self.hasher = PrefixHasher(lambda n, at: _platform.pread(fd, n, at))
         segmented = self._segmented = SegmentedTransfer(
-            self.ctx, fd, table, self._open_range, self.hosts, url_scope(self.spec.url) or "",
+            self.ctx, fd, table, self._open_range, self.hosts, url_scope(self.source) or "",
             self._connection_cap(), self.buckets, self.hasher if isinstance(self.hasher, PrefixHasher) else None)
         try:
             await segmented.run(first)

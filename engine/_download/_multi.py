@@ -314,6 +314,12 @@ class SegmentedTransfer:
                                   f"when bytes {start}-{end - 1} were asked")
                 if not same_version(self.ctx.state, headers):
                     raise Restart("a partial response for another version of the file")
+                state = self.ctx.state
+                if not state.get("etag") and not state.get("last_modified"):
+                    # a mirror took over (sha256 given): its validators guard the rest
+                    for key, header in (("etag", "etag"), ("last_modified", "last-modified")):
+                        if headers.get(header):
+                            state[key] = headers[header]
                 reads = read_size(self.buckets, READ_BYTES)
                 widen_reads(response, reads)
                 if reads < READ_BYTES:
