@@ -50,6 +50,7 @@ class TokenBucket:
         rate = self.rate_bps()
         if rate <= 0:
             self._tokens, self._last = 0.0, None
+            await trio.lowlevel.checkpoint()
             return
         self._refill(rate)
         self._tokens -= nbytes

@@ -33,6 +33,10 @@
     breaker_half_open_probes: ["Half-open probes", "attempts let through while half-open"],
     max_concurrent: ["Max concurrent", "operations running at once"],
     max_per_host: ["Max per host", "downloads per host at once"],
+    max_connections: ["Connections per download", "at most; the engine adds them while they help"],
+    max_connections_per_host: ["Connections per host", "all downloads from one host together"],
+    min_segment_bytes: ["Min segment (bytes)", "no piece of a file is split below this"],
+    max_download_rate_bps: ["Max download rate (bytes/s)", "all downloads together; 0 = unlimited"],
     checkpoint_interval_s: ["Checkpoint interval (s)", "how often progress is saved"],
     connect_timeout_s: ["Connect timeout (s)", ""],
     stall_timeout_s: ["Stall timeout (s)", "no byte for this long is a stall"],
@@ -203,7 +207,10 @@
       ? `${bytes(done)} / ${bytes(total)} (${pct.toFixed(pct < 10 ? 1 : 0)}%)` : (done ? bytes(done) : "");
 
     const running = op.status === "in_progress";
-    $(".rate", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s` : "–";
+    const conns = running && op.connections > 1 ? ` x${op.connections}` : "";
+    $(".rate", row).textContent = running && op.rate_bps ? `${bytes(op.rate_bps)}/s${conns}` : "–";
+    if (conns) $(".rate", row).title = `${op.connections} connections open`;
+    else $(".rate", row).removeAttribute("title");
     $(".eta", row).textContent = running && op.eta_s !== null && op.eta_s !== undefined ? duration(op.eta_s) : "–";
 
     const attempt = $(".attempt", row);
@@ -316,7 +323,7 @@
       }
       case "progress": {
         const fields = { bytes_done: ev.bytes_done, bytes_total: ev.bytes_total, rate_bps: ev.rate_bps, eta_s: ev.eta_s };
-        for (const k of ["step", "steps_done", "steps_total"]) if (k in ev) fields[k] = ev[k];
+        for (const k of ["step", "steps_done", "steps_total", "connections"]) if (k in ev) fields[k] = ev[k];
         patch(ev.op_id, fields);
         break;
       }
