@@ -164,6 +164,8 @@ class Operation:
     timeline: list[dict[str, Any]] = attrs.Factory(list)  # attempts, SPEC 10.1
     #: the failure the last retry recovered from (kept after the operation flows again)
     last_error: ErrorInfo | None = None
+    #: connections open now (a download in progress; SPEC 6.2), else None
+    connections: int | None = None
 
     @property
     def terminal(self) -> bool:

@@ -150,6 +150,7 @@ class OpActor:
             steps_total=self.extra.get("steps_total"), resource=self.resource,
             timeline=self.timeline.to_records(),
             last_error=self.last_failure,
+            connections=self.extra.get("connections") if self.status is I else None,
         )
 
     def snapshot(self) -> OpSnapshot:

@@ -181,12 +181,13 @@ async def test_pause_and_resume_with_eight_connections_open(
             with trio.fail_after(60):
                 while 8 not in shown:
                     await trio.sleep(0.05)
-            assert server.stats.connections == 8
+            assert server.stats.connections == 8 and eng.get(op.id).connections == 8
             await eng.pause(op.id)
             await settle(eng, op.id, Status.PAUSED)
             with trio.fail_after(1):  # the server sees every connection closed within a second
                 while server.stats.connections:
                     await trio.sleep(0.01)
+            assert eng.get(op.id).connections is None
             part = tmp_path / "downloads" / "m.bin.part"
             assert part.stat().st_size == SIZE  # sized up front
             requests = len(server.stats.paths["/m.bin"].records)
