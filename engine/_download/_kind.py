@@ -599,6 +599,10 @@ class _Transfer:
             try:
                 _platform.preallocate(fd, table.total)
             except OSError as exc:
+                try:  # nothing was written: leave no half-reserved file behind (SPEC 6.1)
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
                 raise classify_exception(exc) from exc
         if isinstance(self.hasher, HashWorker):
             self.hasher.close()

@@ -9,6 +9,7 @@ the machine is. Time here is virtual; the bytes are real.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,22 @@ async def test_engine_restart_resumes_every_segment_at_its_durable_end(
         start = r.range_start or 0
         before = data[max(0, start - 4096):start]
         assert before == content_bytes("/m.bin", SIZE, max(0, start - 4096), start)
+
+
+async def test_a_full_disk_shows_when_the_part_is_sized_up_front(
+    server: FaultServer, tmp_path: Path, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fallocate's ENOSPC fails the download as E_DISK_FULL before a byte is written, leaving no .part."""
+    import errno
+
+    from engine import _platform
+
+    def full(fd: int, size: int) -> bool:
+        os.ftruncate(fd, size // 2)  # a file system that reserved part of it, then gave up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_platform, "preallocate", full)
+    server.add_file("/m.bin", size=SIZE, faults=Faults(rate_bps=PER_CONNECTION_BPS))
+    final, _, _ = await run_one(server, tmp_path, DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin"))
+    assert final.status is Status.FAILED and final.error is not None and final.error.code == "E_DISK_FULL"
+    assert not (tmp_path / "downloads" / "m.bin.part").exists()
