@@ -135,7 +135,9 @@ async def _demo_main(args: argparse.Namespace) -> int:
         specs = []
         for path, size, faults, what in files:
             server.add_file(path, size=size, faults=faults)
-            specs.append(DownloadSpec(url=f"{base}{path}", dest=str(out / Path(path).name)))
+            # one connection each: the demo shows recoveries, which several connections would
+            # hide inside one attempt
+            specs.append(DownloadSpec(url=f"{base}{path}", dest=str(out / Path(path).name), connections=1))
             if not args.json:
                 print(f"  {Path(path).name:<26} {what}", file=sys.stderr)
         if not args.json:
