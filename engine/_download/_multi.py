@@ -55,8 +55,8 @@ __all__ = ["Restart", "SegmentedTransfer"]
 log = logging.getLogger("engine.download")
 
 _PROBE_S = 0.5  # how long the rate is measured before and after adding connections
-_GAIN = 0.25  # a doubling must raise the total rate by this much to keep going
-_USELESS = 0.05  # extras that raised it by less than this are retired
+_GAIN = 0.5  # a doubling must raise the total rate by half to keep going (noise on a fast link does not)
+_USELESS = 0.1  # extras that raised it by less than this are retired
 _SLOW_FACTOR = 4.0  # a connection this many times slower than a thief hands its segment over
 _HANDOFF_MIN = 256 * 1024  # nothing smaller is worth a new request
 _MAX_SEGMENT_RETRIES = 3
