@@ -164,7 +164,7 @@ class Operation:
     timeline: list[dict[str, Any]] = attrs.Factory(list)  # attempts, SPEC 10.1
     #: the failure the last retry recovered from (kept after the operation flows again)
     last_error: ErrorInfo | None = None
-    #: connections a download has open, as its last progress report said (None before one)
+    #: connections a download has open now (SPEC 6.2), as its last progress report said (None before one)
     connections: int | None = None
 
     @property

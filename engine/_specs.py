@@ -44,6 +44,12 @@ class DownloadSpec:
     headers: dict[str, str] = attrs.field(factory=dict)
     #: Replace a file already at ``dest`` that this engine did not write (SPEC 6.1).
     overwrite: bool = False
+    #: At most this many connections for this download (None: the engine decides; SPEC 6.2).
+    connections: int | None = None
+    #: This download's receive rate in bytes per second (None or 0: unlimited).
+    rate_limit_bps: int | None = None
+    #: Other URLs of the same file, tried when ``url`` fails (SPEC 6.2).
+    mirrors: list[str] = attrs.field(factory=list)
 
     kind = "download"
 

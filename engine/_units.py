@@ -5,7 +5,7 @@ Binary units (KiB, MiB, GiB: powers of 1024), as the dashboard shows them.
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "human_duration", "human_rate"]
+__all__ = ["human_bytes", "human_duration", "human_rate", "parse_rate"]
 
 
 def human_bytes(n: int | float, *, exact: bool = False) -> str:
@@ -37,3 +37,25 @@ def human_duration(seconds: float | None) -> str:
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``10M``, ``500k``, ``1.5m``, ``2G`` or ``4096`` (binary units, as curl).
+
+    Raises ``ValueError`` for anything else (``0`` means unlimited).
+    """
+    value = text.strip().lower()
+    for suffix in ("/s", "b", "ib", "i"):
+        value = value.removesuffix(suffix) if value.endswith(suffix) and len(value) > len(suffix) else value
+    unit = value[-1:] if value[-1:] in _RATE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a rate: {text!r} (try 10M or 500k)") from None
+    if not amount >= 0 or amount == float("inf"):
+        raise ValueError(f"not a rate: {text!r} (try 10M or 500k)")
+    return int(amount * _RATE_UNITS[unit])

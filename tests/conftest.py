@@ -15,7 +15,7 @@ from engine.testing._scripted import ScriptedKind
 
 _SITE = Path(__file__).parent / "_fallback_site"
 #: What ``--platform-fallback=all`` forces (``case`` is run on its own: see tests/platform).
-_ALL_FALLBACKS = ("syncfs", "rcvlowat", "lock", "dirsync", "pread", "openrename")
+_ALL_FALLBACKS = ("syncfs", "rcvlowat", "lock", "dirsync", "pread", "openrename", "fallocate")
 
 
 def pytest_addoption(parser: Any) -> None:

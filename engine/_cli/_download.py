@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from .._errors import RefusedError
+from .._units import parse_rate
 from ._runner import add_common_options, run_cli, run_specs, setup_cli_logging
 from .._specs import DownloadSpec
 
@@ -32,6 +33,12 @@ def add_parsers(sub: Any) -> None:
                    help="request header, e.g. an Authorization token (never logged or shown)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a file already at the destination (by default it is never replaced)")
+    p.add_argument("--connections", type=_connections, metavar="N",
+                   help="at most N connections per download (by default the engine finds the best number)")
+    p.add_argument("--limit-rate", type=_rate, metavar="RATE",
+                   help="cap each download's receive rate, e.g. 10M or 500k (bytes per second)")
+    p.add_argument("--mirror", action="append", default=[], metavar="URL",
+                   help="another URL of the same file, tried when the first fails (repeatable)")
     p.add_argument("--max-retries", type=int, metavar="N",
                    help="automatic retries after the first attempt (default 5; same as --set max_retries=N)")
     p.add_argument("--initial-delay", type=float, metavar="S",
@@ -47,6 +54,23 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--keep", type=Path, default=None, help="keep the downloaded files in this directory")
     d.add_argument("--json", action="store_true", help="print JSON events instead of bars")
     d.set_defaults(func=_demo)
+
+
+def _connections(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -69,8 +93,12 @@ def _download(args: argparse.Namespace) -> int:
             headers[name.strip()] = value.strip()
         out_dir = args.output_dir.expanduser().resolve()
         shas = args.sha256 or [None] * len(args.urls)
+        if args.mirror and len(args.urls) != 1:
+            raise RefusedError("E_INVALID_INPUT", "--mirror names another URL of one file: give one URL with it",
+                               field="mirror")
         return [DownloadSpec(url=url, dest=str(out_dir) + os.sep, sha256=sha, headers=headers,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, connections=args.connections,
+                             rate_limit_bps=args.limit_rate or None, mirrors=list(args.mirror))
                 for url, sha in zip(args.urls, shas)]
 
     return run_cli(make_specs, args)
@@ -112,7 +140,9 @@ async def _demo_main(args: argparse.Namespace) -> int:
         specs = []
         for path, size, faults, what in files:
             server.add_file(path, size=size, faults=faults)
-            specs.append(DownloadSpec(url=f"{base}{path}", dest=str(out / Path(path).name)))
+            # one connection each: the demo shows recoveries, which several connections would
+            # hide inside one attempt
+            specs.append(DownloadSpec(url=f"{base}{path}", dest=str(out / Path(path).name), connections=1))
             if not args.json:
                 print(f"  {Path(path).name:<26} {what}", file=sys.stderr)
         if not args.json:

@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
-import re
 from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any, Callable, Literal
@@ -62,6 +62,7 @@ from .. import _platform
 from .._units import human_bytes
 from .._errors import AttemptFailed, RefusedError, classify_exception, classify_status, failure
 from ._part import PartFile, Writer, free_bytes
+from ._ranges import accepts_ranges, content_length, content_range, if_range, same_version, unsatisfied_total
 from ._redirects import send_following_redirects
 from ._safefile import (
     complete_at_once,
@@ -89,7 +90,11 @@ from ._names import (
 )
 from .._settings import Settings
 from .._specs import DownloadSpec, redact_headers
-from ._wire import HashWorker, ReadBatcher, widen_reads
+from ._wire import READ_BYTES, HashWorker, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
+from ._hosts import HostConnections
+from ._multi import Restart, SegmentedTransfer
+from ._ratelimit import TokenBucket, read_size, take_all
+from ._segments import SegmentTable
 from ._credentials import CredentialStore
 from ._hubs import HubEnv, host_auth, hub_failure, hub_url, web_page_failure
 
@@ -124,37 +129,6 @@ def _derived_name(spec: DownloadSpec) -> bool:
     return spec.dest is not None and Path(spec.dest).name == FALLBACK_NAME and name_from_url(spec.url) is None
 
 
-# --- HTTP helpers -----------------------------------------------------------------
-
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
-_UNSATISFIED = re.compile(r"\s*bytes\s+\*/(\d+)\s*", re.IGNORECASE)
-
-
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """``(start, end_inclusive, total or None)`` of a 206's Content-Range, None if unusable."""
-    m = _CONTENT_RANGE.fullmatch(value or "")
-    if m is None:
-        return None
-    start, end = int(m[1]), int(m[2])
-    total = None if m[3] == "*" else int(m[3])
-    if end < start or (total is not None and end >= total):
-        return None
-    return start, end, total
-
-
-def _unsatisfied_total(value: str | None) -> int | None:
-    m = _UNSATISFIED.fullmatch(value or "")
-    return int(m[1]) if m else None
-
-
-def _content_length(headers: httpx.Headers) -> int | None:
-    try:
-        value = int(headers.get("content-length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
-
-
 # --- the kind -----------------------------------------------------------------------
 
 
@@ -172,6 +146,14 @@ class DownloadKind:
     _statvfs: Callable[[str], _platform.FsStats] = _platform.statvfs
     #: ``<state_dir>/credentials.toml`` (SPEC 6.3); None: no per-host credentials.
     credentials: CredentialStore | None = None
+    #: Extra connections and refusals per host, for the engine's lifetime (SPEC 6.2).
+    hosts: HostConnections = attrs.Factory(HostConnections)
+    _engine_rate: Callable[[], float] = attrs.field(default=lambda: 0.0, init=False)
+    _engine_bucket: TokenBucket = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # one bucket for every download of the engine; its rate is read live from the settings
+        self._engine_bucket = TokenBucket(lambda: self._engine_rate())
 
     def validate(self, spec: Any, settings: Settings) -> DownloadSpec:
         """Check the spec and return it with an absolute ``dest`` (see the module docstring)."""
@@ -182,7 +164,22 @@ class DownloadKind:
         sha = validate_sha256(spec.sha256)
         headers = validate_headers(spec.headers)
         dest = resolve_dest(spec.dest, url, settings.download_root_path)
-        return attrs.evolve(spec, url=url, dest=str(dest), sha256=sha, headers=headers)
+        if spec.connections is not None and (not isinstance(spec.connections, int)
+                                             or isinstance(spec.connections, bool) or spec.connections < 1):
+            raise RefusedError("E_INVALID_INPUT", "connections must be a whole number of at least 1",
+                               field="connections")
+        rate = spec.rate_limit_bps
+        if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 0):
+            raise RefusedError("E_INVALID_INPUT", "rate_limit_bps must be a whole number of bytes per second, "
+                                                  "0 or more", field="rate_limit_bps")
+        mirrors = []
+        for i, mirror in enumerate(spec.mirrors or []):
+            try:
+                mirrors.append(validate_url(mirror))
+            except RefusedError as exc:
+                raise RefusedError(exc.code, exc.message.replace("URL", "mirror URL", 1),
+                                   field=f"mirrors[{i}]") from None
+        return attrs.evolve(spec, url=url, dest=str(dest), sha256=sha, headers=headers, mirrors=mirrors)
 
     def resource_key(self, spec: DownloadSpec) -> str | None:
         """The destination; case-folded where its folder's file system ignores case."""
@@ -193,18 +190,28 @@ class DownloadKind:
         return still_complete(done, state, spec)
 
     def scope(self, spec: DownloadSpec, state: dict[str, Any]) -> str | None:
-        """The URL's host, lowercase, with the port when it is not the scheme's default."""
-        return url_scope(spec.url)
+        """The current source's host, lowercase, with the port when it is not the scheme's default.
+
+        Each mirror is its own breaker scope (SPEC 6.2): the scope follows
+        ``state["source"]``, the source the next attempt starts from.
+        """
+        return url_scope(_source_url(spec, state))
 
     def describe(self, spec: DownloadSpec) -> dict[str, Any]:
         """The spec as shown in events and the API: no credentials."""
-        described = {
+        described: dict[str, Any] = {
             "url": redact_url(spec.url),
             "dest": spec.dest,
             "sha256": spec.sha256,
             "headers": redact_headers(spec.headers or {}),
             "overwrite": spec.overwrite,
         }
+        if spec.connections is not None:
+            described["connections"] = spec.connections
+        if spec.rate_limit_bps:
+            described["rate_limit_bps"] = spec.rate_limit_bps
+        if spec.mirrors:
+            described["mirrors"] = [redact_url(m) for m in spec.mirrors]
         fetched, note = hub_url(spec.url)
         if note:  # SPEC 6.3: the plan and the events say what is really fetched
             described["fetched_as"] = redact_url(fetched)
@@ -257,10 +264,16 @@ class DownloadKind:
         except OSError as exc:
             raise classify_exception(exc) from exc
         try:
-            part_file = PartFile.adopt(part, fd, _recorded_offset(ctx.state), write=self._write, disk=ctx.disk)
+            part_file = PartFile.adopt(part, fd, _kept_bytes(ctx.state), write=self._write, disk=ctx.disk)
         except OSError as exc:
             raise classify_exception(exc) from exc
-        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs, self.credentials)
+        self._engine_rate = lambda: float(ctx.settings.max_download_rate_bps)
+        buckets = [self._engine_bucket]
+        if spec.rate_limit_bps:
+            limit = float(spec.rate_limit_bps)
+            buckets.append(TokenBucket(lambda: limit))
+        transfer = _Transfer(ctx, spec, dest, part_file, self._statvfs, self.credentials, hosts=self.hosts,
+                             buckets=tuple(buckets))
         try:
             await transfer.run()
         except BaseException:
@@ -274,9 +287,40 @@ class DownloadKind:
             transfer.close()
 
 
+#: Failures a mirror may answer better: the network, the server, or the URL itself.
+_SOURCE_FAILURES = frozenset({"E_NET_TIMEOUT", "E_NET_UNREACHABLE", "E_NET_INTERRUPTED", "E_SERVER_OVERLOAD",
+                              "E_HTTP_CLIENT", "E_NOT_FOUND", "E_FORBIDDEN", "E_AUTH", "E_TLS"})
+
+
+def _sources(spec: DownloadSpec) -> list[str]:
+    return [spec.url, *(spec.mirrors or [])]
+
+
+def _source_index(spec: DownloadSpec, state: dict[str, Any]) -> int:
+    index = state.get("source", 0)
+    return index if isinstance(index, int) and 0 <= index < len(_sources(spec)) else 0
+
+
+def _source_url(spec: DownloadSpec, state: dict[str, Any]) -> str:
+    return _sources(spec)[_source_index(spec, state)]
+
+
 def _recorded_offset(state: dict[str, Any]) -> int:
     offset = state.get("offset")
     return offset if isinstance(offset, int) and offset > 0 else 0
+
+
+def _recorded_table(state: dict[str, Any]) -> SegmentTable | None:
+    total = state.get("total")
+    if "segments" not in state or not isinstance(total, int) or state.get("complete"):
+        return None
+    return SegmentTable.from_state(state.get("segments"), total)
+
+
+def _kept_bytes(state: dict[str, Any]) -> int:
+    """How much of a leftover ``.part`` an attempt keeps: the whole sized file of a segmented one."""
+    table = _recorded_table(state)
+    return table.total if table is not None else _recorded_offset(state)
 
 
 def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any], overwrite: bool) -> bool:
@@ -300,7 +344,7 @@ def _finish_recorded_completion(dest: Path, part: Path, state: dict[str, Any], o
 
 
 _Outcome = Literal["done", "more", "restart"]
-_VALIDATORS = ("etag", "last_modified", "total", "cd_name")
+_VALIDATORS = ("etag", "last_modified", "total", "cd_name", "segments")
 
 
 @attrs.define(eq=False)
@@ -313,9 +357,14 @@ class _Transfer:
     part: PartFile
     statvfs: Callable[[str], _platform.FsStats]
     credentials: CredentialStore | None = None
-    hasher: HashWorker | None = None
+    hosts: HostConnections = attrs.Factory(HostConnections)
+    buckets: tuple[TokenBucket, ...] = ()
+    hasher: HashWorker | PrefixHasher | None = None
     hashed: int = 0
     total: int | None = None
+    #: set once a segmented run had to start over: the rest of the attempt uses one connection
+    no_split: bool = False
+    _segmented: SegmentedTransfer | None = None
     _batcher: Any = None
     _env: HubEnv = attrs.Factory(HubEnv)
     _url: str = ""
@@ -325,7 +374,44 @@ class _Transfer:
     def state(self) -> dict[str, Any]:
         return self.ctx.state
 
+    @property
+    def source(self) -> str:
+        """The URL this attempt fetches from now: ``spec.url`` or one of its mirrors."""
+        return _source_url(self.spec, self.state)
+
     async def run(self) -> None:
+        """Fetch from the recorded source; one that fails before sending a byte hands over to the next.
+
+        Mirrors (SPEC 6.2): without a sha256 nothing proves two servers'
+        copies are the same, so a new source starts the file over; with one,
+        the partial file is kept (the hash checks it at the end) and only the
+        old server's validators are forgotten.
+        """
+        sources = _sources(self.spec)
+        tried = 1
+        while True:
+            received = self.ctx.bytes_received
+            try:
+                await self._run_source()
+                return
+            except AttemptFailed as exc:
+                if (tried >= len(sources) or self.ctx.bytes_received > received
+                        or exc.error.code not in _SOURCE_FAILURES or self.part.closed):
+                    raise
+                failed = self.source
+                tried += 1
+                self.state["source"] = (_source_index(self.spec, self.state) + 1) % len(sources)
+                log.warning("op %s: %s failed (%s: %s); trying mirror %s", self.ctx.op_id, redact_url(failed),
+                            exc.error.code, exc.error.message, redact_url(self.source))
+                await self._switch_source()
+
+    async def _switch_source(self) -> None:
+        for key in ("etag", "last_modified", "cd_name"):
+            self.state.pop(key, None)
+        if not self.spec.sha256 and (self.part.size or "segments" in self.state):
+            await self._restart("another source serves the whole file")
+
+    async def _run_source(self) -> None:
         state = self.state
         if self.part.size < _recorded_offset(state):
             state["offset"] = self.part.size  # .part lost or cut behind our back: keep what is there
@@ -334,8 +420,21 @@ class _Transfer:
         if self.total is not None and self.part.size > self.total:
             await self._restart(f"the partial file ({self.part.size} bytes) is larger than the file")
         if self.spec.sha256:
-            self.hasher = HashWorker()
+            if self.hasher is not None:
+                self.hasher.close()
+            self.hasher, self.hashed = HashWorker(), 0
         restarts = 0
+        table = _recorded_table(state)
+        if table is None:
+            state.pop("segments", None)
+        else:
+            if os.fstat(self.part.fd).st_size != table.total:
+                await self._restart("the partial file no longer has the size it was given")
+            elif await self._run_segmented(table, None):
+                await self._finish()
+                return
+            else:
+                restarts += 1
         while True:
             before = self.part.size
             outcome = await self._request()
@@ -352,33 +451,55 @@ class _Transfer:
 
     # -- requests ------------------------------------------------------------------
 
-    def _headers(self, offset: int) -> httpx.Headers:
+    def _headers(self, offset: int, end: int | None = None) -> httpx.Headers:
         headers = httpx.Headers(self.spec.headers)
         headers["Accept-Encoding"] = "identity"  # byte offsets must be file offsets
-        if offset > 0:
-            headers["Range"] = f"bytes={offset}-"
-            etag = self.state.get("etag")
-            validator = etag if etag and not etag.startswith("W/") else self.state.get("last_modified")
+        if offset > 0 or end is not None:
+            headers["Range"] = f"bytes={offset}-" if end is None else f"bytes={offset}-{end - 1}"
+            validator = if_range(self.state)
             if validator:
                 headers["If-Range"] = validator
         return headers
 
     async def _request(self) -> _Outcome:
-        ctx, offset = self.ctx, self.part.size
-        settings = ctx.settings
+        offset = self.part.size
         if self.hasher is not None and self.hashed != offset:
             await self._rehash(offset)
+        response = await self._send(self._headers(offset))
+        reads = read_size(self.buckets, READ_BYTES)
+        widen_reads(response, reads)
+        if reads < READ_BYTES:
+            limit_buffer(response, 2 * reads)
+        try:
+            return await self._handle(response, offset)
+        except (httpx.HTTPError, OSError) as exc:
+            raise classify_exception(exc) from exc
+        finally:
+            with trio.move_on_after(_CLOSE_GRACE_S, shield=True):
+                try:
+                    await response.aclose()
+                except httpx.HTTPError:
+                    pass
+
+    async def _open_range(self, start: int, end: int) -> httpx.Response:
+        """A segment's request: ``[start, end)`` of the recorded version (SPEC 6.2)."""
+        return await self._send(self._headers(start, end))
+
+    async def _send(self, headers: httpx.Headers) -> httpx.Response:
+        """Send ``GET`` to the original URL with the hub rules and credentials; the streaming response."""
+        ctx = self.ctx
+        settings = ctx.settings
         timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.stall_timeout_s,
                                 write=settings.stall_timeout_s, pool=None)
         # Every attempt starts from the original URL, with the hub rules of SPEC 6.3.
         env = HubEnv.current()
-        url, note = hub_url(self.spec.url, env)
+        url, note = hub_url(self.source, env)
         if note:
             log.info("op %s: %s: %s", ctx.op_id, note, redact_url(url))
         auth = host_auth(url, env, self.credentials)
         self._sent_token = bool(auth.headers) or any(k.lower() == "authorization" for k in self.spec.headers)
         self._env, self._url = env, url
-        request = ctx.http.build_request("GET", url, headers=self._headers(offset), timeout=timeout)
+        request = ctx.http.build_request("GET", url, headers=headers, timeout=timeout)
         # The host's own credentials go on the first request only; a redirect to
         # another host drops every credential header (send_following_redirects).
         request.headers.update(auth.headers)
@@ -391,30 +512,15 @@ class _Transfer:
             raise classify_exception(exc) from exc
         if response is None:
             raise failure("E_NET_TIMEOUT", f"no response from the server within {wait_s:g} s")
-        widen_reads(response)
-        try:
-            return await self._handle(response, offset)
-        except (httpx.HTTPError, OSError) as exc:
-            raise classify_exception(exc) from exc
-        finally:
-            with trio.move_on_after(_CLOSE_GRACE_S, shield=True):
-                try:
-                    await response.aclose()
-                except httpx.HTTPError:
-                    pass
+        return response
 
     def _same_version(self, headers: httpx.Headers) -> bool:
-        """False when the response's validators contradict the recorded ones."""
-        etag, got_etag = self.state.get("etag"), headers.get("etag")
-        if etag and got_etag:
-            return bool(etag == got_etag)
-        modified, got_modified = self.state.get("last_modified"), headers.get("last-modified")
-        return not (modified and got_modified and modified != got_modified)
+        return same_version(self.state, headers)
 
     async def _handle(self, response: httpx.Response, offset: int) -> _Outcome:
         status, headers = response.status_code, response.headers
         if status == 416 and offset > 0:
-            total = _unsatisfied_total(headers.get("content-range"))
+            total = unsatisfied_total(headers.get("content-range"))
             if total == offset and self._same_version(headers):
                 self._set_total(total)
                 return "done"
@@ -432,30 +538,35 @@ class _Transfer:
             raise page  # before a byte is written (and before a partial file is discarded)
 
         if status == 206:
-            content_range = _content_range(headers.get("content-range"))
+            got_range = content_range(headers.get("content-range"))
             problem = None
-            if content_range is None:
+            if got_range is None:
                 problem = "a partial response without a usable Content-Range"
-            elif content_range[0] != offset:
-                problem = f"a partial response from byte {content_range[0]} when byte {offset} was asked"
+            elif got_range[0] != offset:
+                problem = f"a partial response from byte {got_range[0]} when byte {offset} was asked"
             elif not self._same_version(headers) or (
-                    content_range[2] is not None and self.total is not None and content_range[2] != self.total):
+                    got_range[2] is not None and self.total is not None and got_range[2] != self.total):
                 problem = "a partial response for another version of the file"
-            if problem is not None or content_range is None:
+            if problem is not None or got_range is None:
                 await self._restart(f"the server sent {problem}")
                 return "restart"
-            end: int | None = content_range[1] + 1
-            self._set_total(content_range[2] if content_range[2] is not None else self.total)
+            end: int | None = got_range[1] + 1
+            self._set_total(got_range[2] if got_range[2] is not None else self.total)
             self._adopt_validators(headers, fresh=False)
         else:
             if offset > 0:
                 await self._restart("the server ignored the range request or the file changed")
-            end = _content_length(headers)
+            end = content_length(headers)
             self._set_total(end)
             self._adopt_validators(headers, fresh=True)
 
         self._check_space(end if end is not None else self.total)
-        self.ctx.progress(self.part.size, self.total)
+        if offset == 0 and self.part.size == 0 and self._splittable(status, headers):
+            assert self.total is not None
+            if await self._run_segmented(SegmentTable.whole(self.total), response):
+                return "done"
+            return "restart"
+        self.ctx.progress(self.part.size, self.total, connections=1)
         await self._stream(response, end)
         if end is not None and self.part.size < end:
             raise failure("E_NET_INTERRUPTED",
@@ -463,6 +574,55 @@ class _Transfer:
         if self.total is not None and self.part.size < self.total:
             return "more"  # a 206 for less than the rest: ask for what is missing
         return "done"
+
+    # -- many connections (SPEC 6.2) ----------------------------------------------------
+
+    def _connection_cap(self) -> int:
+        settings = self.ctx.settings
+        cap = min(settings.max_connections, self.spec.connections or settings.max_connections)
+        host_limit = self.hosts.limit(url_scope(self.source) or "")
+        return min(cap, host_limit) if host_limit is not None else cap
+
+    def _splittable(self, status: int, headers: httpx.Headers) -> bool:
+        """Whether this fresh download may run over several connections."""
+        total = self.total
+        return (not self.no_split and total is not None
+                and total >= 2 * self.ctx.settings.min_segment_bytes
+                and self._connection_cap() > 1
+                and (status == 206 or accepts_ranges(headers))
+                and if_range(self.state) is not None)  # a segment must be able to say which version
+
+    async def _run_segmented(self, table: SegmentTable, first: httpx.Response | None) -> bool:
+        """Fetch ``table`` over several connections; False when it had to start over (restarted)."""
+        fd = self.part.fd
+        if first is not None:
+            try:
+                _platform.preallocate(fd, table.total)
+            except OSError as exc:
+                try:  # nothing was written: leave no half-reserved file behind (SPEC 6.1)
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+                raise classify_exception(exc) from exc
+        if isinstance(self.hasher, HashWorker):
+            self.hasher.close()
+            self.hasher = PrefixHasher(lambda n, at: _platform.pread(fd, n, at))
+        segmented = self._segmented = SegmentedTransfer(
+            self.ctx, fd, table, self._open_range, self.hosts, url_scope(self.source) or "",
+            self._connection_cap(), self.buckets, self.hasher if isinstance(self.hasher, PrefixHasher) else None)
+        try:
+            await segmented.run(first)
+        except Restart as exc:
+            self._segmented = None
+            self.no_split = True
+            self.part.size = table.written
+            await self._restart(exc.why)
+            return False
+        self._segmented = None
+        self.part.settle(table.total)
+        self.state.pop("segments", None)
+        self.state["offset"] = table.total
+        return True
 
     def _set_total(self, total: int | None) -> None:
         self.total = total
@@ -534,7 +694,11 @@ class _Transfer:
                 chunk = chunk[: end - part.size]  # never write past what the range covers
             part.write_all(chunk)
             self._batcher.received(len(chunk), None if end is None else end - part.size)
-            if self.hasher is not None:
+            if self.buckets:
+                waiting.deadline = math.inf  # waiting for tokens is not a stall
+                await take_all(self.buckets, len(chunk))
+                waiting.deadline = trio.current_time() + stall_s
+            if isinstance(self.hasher, HashWorker):
                 self.hasher.update(chunk)
                 self.hashed = part.size
             ctx.received(len(chunk))
@@ -640,6 +804,12 @@ class _Transfer:
         if self.hasher is not None:
             self.hasher.close()
         if self.part.closed:
+            return
+        if self._segmented is not None:
+            try:
+                self._segmented.close()
+            finally:
+                self.part.close()
             return
         try:
             self._sync()

@@ -156,6 +156,12 @@ class PartFile:
         self.durable = self.size
         return gained
 
+    def settle(self, size: int) -> None:
+        """A segmented transfer wrote and fsynced all ``size`` bytes in place: adopt them."""
+        fd = self._require_fd()
+        os.lseek(fd, size, os.SEEK_SET)
+        self.size = self.durable = size
+
     def truncate(self) -> int:
         """Drop all content (a restart from 0); return how many bytes were thrown away."""
         fd = self._require_fd()

@@ -13,27 +13,42 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import trio
 
 from .. import _platform
 
-__all__ = ["HashWorker", "ReadBatcher", "widen_reads"]
+__all__ = ["READ_BYTES", "HashWorker", "PrefixHasher", "ReadBatcher", "limit_buffer", "widen_reads"]
 
 # Bytes asked of the socket per read. httpcore asks for 64 KiB, and on a fast link every
 # read is a trip through h11, httpcore, trio and the write loop: about half the CPU of a
 # loopback download. The kernel returns what it has, so a larger request never delays
 # data on a slow link.
 _READ_BYTES = 1024 * 1024
+READ_BYTES = _READ_BYTES
 _LOWAT_MAX = 256 * 1024  # wake for at most this many bytes at once (SO_RCVLOWAT)
 _LOWAT_WARMUP = 1024 * 1024  # measure the rate over this much before batching
 _STREAM_LINKS = ("_stream", "_httpcore_stream", "_connection")
 
 
-def widen_reads(response: httpx.Response) -> None:
-    """Let the HTTP/1.1 connection carrying ``response`` read up to `_READ_BYTES` at a time.
+def limit_buffer(response: httpx.Response, size: int) -> None:
+    """Cap the kernel's receive buffer of the socket under ``response`` (a rate-limited download)."""
+    stream = response.extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:  # noqa: BLE001 - an unexpected transport: leave it alone
+        sock = None
+    if sock is not None:
+        _platform.set_rcvbuf(sock, size)
+
+
+def widen_reads(response: httpx.Response, read_bytes: int = _READ_BYTES) -> None:
+    """Let the HTTP/1.1 connection carrying ``response`` read up to ``read_bytes`` at a time.
+
+    A rate-limited download asks for less (a tenth of a second at its rate),
+    so what it lets through is smooth, not 1 MiB bursts.
 
     httpcore has no setting for it, so this follows the response's stream down
     to the connection and sets its ``READ_NUM_BYTES`` on that one instance
@@ -43,7 +58,7 @@ def widen_reads(response: httpx.Response) -> None:
     obj: Any = response.stream
     for _ in range(8):
         if isinstance(getattr(type(obj), "READ_NUM_BYTES", None), int):
-            obj.READ_NUM_BYTES = _READ_BYTES
+            obj.READ_NUM_BYTES = read_bytes
             return
         obj = next((getattr(obj, name) for name in _STREAM_LINKS if hasattr(obj, name)), None)
         if obj is None:
@@ -135,4 +150,84 @@ class HashWorker:
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
+            self._thread.join()
+
+
+class PrefixHasher:
+    """sha256 of a file's contiguous prefix, read back in order as the prefix grows (SPEC 6.2).
+
+    Segments arrive out of order, so the hash cannot take chunks as they
+    come: `advance` says how far the file is contiguous now, and a helper
+    thread reads ``[hashed, upto)`` back (from the page cache: it was just
+    written) with ``read_at(n, offset)`` on a descriptor of its own, so no
+    file position is shared with the writer. The hash is complete when the
+    file is, and nothing is read twice. `hexdigest` waits for the rest;
+    `close` ends the thread and is called on every way out.
+    """
+
+    _CHUNK = 1024 * 1024
+
+    def __init__(self, read_at: Callable[[int, int], bytes], *, hasher: Any = None, start: int = 0) -> None:
+        self._read_at = read_at
+        self._hasher = hasher if hasher is not None else hashlib.sha256()
+        self.hashed = start
+        self._target = start
+        self._closed = False
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="engine-sha256-prefix", daemon=True)
+        self._thread.start()
+
+    def advance(self, upto: int) -> None:
+        """The file is written contiguously up to ``upto``: hash up to there."""
+        with self._cond:
+            if upto > self._target:
+                self._target = upto
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self.hashed >= self._target:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                target = self._target
+            try:
+                while self.hashed < target and not self._closed:
+                    data = self._read_at(min(self._CHUNK, target - self.hashed), self.hashed)
+                    if not data:
+                        raise OSError(f"the partial file ends at byte {self.hashed}, before {target}")
+                    self._hasher.update(data)
+                    with self._cond:
+                        self.hashed += len(data)
+                        self._cond.notify_all()
+            except BaseException as exc:  # kept for hexdigest, never lost
+                with self._cond:
+                    self.error = exc
+                    self._closed = True
+                    self._cond.notify_all()
+                return
+
+    def wait_until(self, upto: int) -> None:
+        """Block until ``upto`` bytes are hashed (raises the reader's error)."""
+        self.advance(upto)
+        with self._cond:
+            while self.hashed < upto and self.error is None and not self._closed:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+        if self.hashed < upto:
+            raise RuntimeError("the hash was closed before it was complete")
+
+    def hexdigest(self) -> str:
+        self.wait_until(self._target)
+        self.close()
+        return str(self._hasher.hexdigest())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()

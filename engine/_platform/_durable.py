@@ -9,20 +9,25 @@
 - Windows: ``os.fsync`` is ``FlushFileBuffers``; directories cannot be
   opened or flushed, so there is no directory sync (NTFS journals renames).
 - No ``pread``/``pwrite`` on Windows: seek, read or write, seek back.
+- Sizing a file up front: ``posix_fallocate`` where the OS and the file
+  system have it (the blocks are reserved, so a full disk shows at once);
+  elsewhere the file is extended sparse with ``ftruncate``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import os
 import sys
+import threading
 from typing import Callable
 
 from ._select import forced, optional_module
 
 __all__ = ["close_dir", "dir_sync_supported", "fsync_dir", "fsync_file", "has_syncfs", "open_dir",
-           "pread", "pwrite", "syncfs"]
+           "pread", "preallocate", "pwrite", "syncfs"]
 
 _fcntl = optional_module("fcntl")
 _F_FULLFSYNC: int | None = getattr(_fcntl, "F_FULLFSYNC", None) if sys.platform == "darwin" else None
@@ -111,25 +116,52 @@ def syncfs(fd: int, path: str) -> None:
         raise OSError(err, os.strerror(err), path)
 
 
+#: The fallbacks move the file position and put it back: one at a time across threads.
+_SEEK_LOCK = threading.Lock()
+
+
 def pread(fd: int, n: int, offset: int) -> bytes:
     """Read up to ``n`` bytes at ``offset`` (the file position is left where it was)."""
     if sys.platform != "win32" and not forced("pread"):
         return os.pread(fd, n, offset)
-    here = os.lseek(fd, 0, os.SEEK_CUR)
-    try:
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, n)
-    finally:
-        os.lseek(fd, here, os.SEEK_SET)
+    with _SEEK_LOCK:  # a hashing thread may read while the download writes the same fd
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, n)
+        finally:
+            os.lseek(fd, here, os.SEEK_SET)
 
 
-def pwrite(fd: int, data: bytes, offset: int) -> int:
+def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
     """Write ``data`` at ``offset`` (the file position is left where it was)."""
     if sys.platform != "win32" and not forced("pread"):
         return os.pwrite(fd, data, offset)
-    here = os.lseek(fd, 0, os.SEEK_CUR)
-    try:
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.write(fd, data)
-    finally:
-        os.lseek(fd, here, os.SEEK_SET)
+    with _SEEK_LOCK:
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, data)
+        finally:
+            os.lseek(fd, here, os.SEEK_SET)
+
+
+def preallocate(fd: int, size: int) -> bool:
+    """Make the file ``size`` bytes long, reserving its blocks where possible.
+
+    True when the blocks were reserved (``posix_fallocate``); False when the
+    file was only extended sparse (no fallocate here, or the file system
+    refuses it). ``ENOSPC`` is raised either way when the disk is too full.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None and not forced("fallocate") and size > 0:
+        try:
+            fallocate(fd, 0, size)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            # EOPNOTSUPP, EINVAL (some file systems): the sparse way below
+    if os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
+    return False

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._select import forced, optional_module
 
-__all__ = ["rcvlowat_supported", "set_rcvlowat", "unsent_bytes"]
+__all__ = ["rcvlowat_supported", "set_rcvbuf", "set_rcvlowat", "unsent_bytes"]
 
 
 def rcvlowat_supported() -> bool:
@@ -41,3 +41,16 @@ def unsent_bytes(sock: Any) -> int | None:
         return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0])
     except OSError:
         return None
+
+
+def set_rcvbuf(sock: Any, size: int) -> None:
+    """Cap the socket's receive buffer (``SO_RCVBUF``; Linux's autotuning stops for it).
+
+    A rate-limited reader wants a small one: otherwise the kernel takes
+    megabytes on its behalf and the sender sees a rate far above the limit.
+    Best effort: a socket that refuses it is left as it is.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError:
+        pass

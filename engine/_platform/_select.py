@@ -21,6 +21,7 @@ FALLBACKS: dict[str, str] = {
     "lock": "the portable state-dir lock (an exclusive pid file) instead of flock",
     "dirsync": "no directory fsync (as on Windows): files are fsynced, directories are not",
     "pread": "no pread/pwrite (as on Windows): seek, read, seek back",
+    "fallocate": "no fallocate: a segmented download's .part is extended sparse",
     "case": "destinations compared case-insensitively (as on Windows and macOS)",
     "openrename": "an open file's name is never removed or replaced (as on Windows): the .part is closed first",
 }

@@ -44,7 +44,7 @@ __all__ = ["STEP_FIELDS", "load_project", "parse_project"]
 
 #: The fields each step kind takes (``kind`` aside), in the order they are documented.
 STEP_FIELDS: dict[str, tuple[str, ...]] = {
-    "download": ("url", "dest", "sha256", "headers"),
+    "download": ("url", "dest", "sha256", "headers", "mirrors"),
     "install": ("argv", "cwd", "env", "timeout_s", "scope"),
 }
 _REQUIRED = {"download": ("url",), "install": ("argv",)}
@@ -165,11 +165,15 @@ def _step(i: int, step: dict[str, Any], base: Path) -> DownloadSpec | InstallSpe
 
     if kind == "download":
         dest = string("dest")
+        mirrors = step.get("mirrors", [])
+        if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+            raise bad("mirrors", "an array of URLs")
         return DownloadSpec(
             url=string("url") or "",
             dest=_relative_to(base, dest) if dest else str(base) + os.sep,
             sha256=string("sha256"),
             headers=table("headers") or {},
+            mirrors=list(mirrors),
         )
     argv = step["argv"]
     if isinstance(argv, str):

@@ -100,8 +100,18 @@ def _download(engine: Engine, body: dict[str, Any], prefix: str = "") -> Downloa
     overwrite = body.get("overwrite", False)
     if not isinstance(overwrite, bool):
         raise _invalid("overwrite must be true or false", f"{prefix}overwrite")
+    mirrors = body.get("mirrors", [])
+    if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+        raise _invalid("mirrors must be a list of URLs", f"{prefix}mirrors")
+    numbers: dict[str, int | None] = {}
+    for name in ("connections", "rate_limit_bps"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _invalid(f"{name} must be a whole number", f"{prefix}{name}")
+        numbers[name] = value
     spec = DownloadSpec(url=url, dest=body.get("dest"), sha256=body.get("sha256"), headers=dict(headers or {}),
-                        overwrite=overwrite)
+                        overwrite=overwrite, mirrors=list(mirrors), connections=numbers["connections"],
+                        rate_limit_bps=numbers["rate_limit_bps"])
     validated = _check_download_dest(engine, spec, prefix)
     _check_existing(engine, validated, prefix)
     return validated

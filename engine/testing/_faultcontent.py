@@ -205,6 +205,9 @@ class Faults:
         filename: send ``Content-Disposition: attachment; filename="..."``.
         content_disposition: send this raw ``Content-Disposition`` value
             (wins over ``filename``).
+        max_concurrent: answer 503 to a request for the path while this many
+            of its responses are still being sent (a server that refuses a
+            download's extra connections).
     """
 
     drop_after: int | None = _opt(int)
@@ -228,6 +231,7 @@ class Faults:
     redirects: int = _opt(int, 0)
     filename: str | None = _opt(str, minimum=None)
     content_disposition: str | None = _opt(str, minimum=None)
+    max_concurrent: int | None = _opt(int, minimum=1)
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> Faults:

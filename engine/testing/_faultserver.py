@@ -77,6 +77,8 @@ class _FaultState:
     drops: int = 0
     stalls: int = 0
     statuses: int = 0
+    sending: int = 0  # responses of the path being sent now
+    refused: int = 0  # requests refused by ``max_concurrent``
 
 
 async def _read_request(stream: trio.SocketStream) -> _Request | None:
@@ -172,6 +174,9 @@ class FaultServer:
 
     host: str = "127.0.0.1"
     port: int = 0
+    #: ``SO_SNDBUF`` of every connection (None: the kernel's autotuned default). A small one
+    #: makes the bytes booked as sent follow what the client really took (rate measurements).
+    send_buffer: int | None = None
     _base_url: str | None = attrs.field(default=None, init=False)
     _files: dict[str, tuple[VirtualFile, Faults]] = attrs.field(factory=dict, init=False)
     _faults: dict[str, _FaultState] = attrs.field(factory=dict, init=False)
@@ -265,6 +270,8 @@ class FaultServer:
                                name=f"FaultServer-{self.host}:{self.port}")
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        if self.send_buffer is not None:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         try:
             async with stream:
                 try:
@@ -356,10 +363,19 @@ class FaultServer:
             await _send_simple(stream, faults.status, body, headers, method=method)
             return
 
+        if faults.max_concurrent is not None and state.sending >= faults.max_concurrent:
+            state.refused += 1
+            self._stats.record(path, method, 503)
+            await _send_simple(stream, 503, b"too many connections\n", method=method)
+            return
         state.served += 1
         if faults.change_after is not None and state.served > faults.change_after:
             file = file.changed(faults.changed_size)
-        await self._send_file(stream, request, file, faults, state)
+        state.sending += 1
+        try:
+            await self._send_file(stream, request, file, faults, state)
+        finally:
+            state.sending -= 1
 
     async def _redirect(self, stream: trio.SocketStream, path: str, method: str, location: str) -> None:
         self._stats.record(path, method, 302)

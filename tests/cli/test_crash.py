@@ -76,8 +76,11 @@ def test_kill_9_repeats_at_most_one_checkpoint_interval(server: FaultServer, tmp
     rng = random.Random(seed)
     print(f"crash test seed: {seed} (set CRASH_TEST_SEED to replay)")
     url = server.url("/files/big.safetensors", size=SIZE, faults=Faults(rate_bps=RATE_BPS))
+    # One connection: the server's per-connection rate is then the total rate the bound is made
+    # of (tests/cli/test_crash_segmented.py kills a download over 8 connections).
     argv = [sys.executable, "-m", "engine", "download", url, "-o", str(tmp_path / "out"),
-            "--state-dir", str(tmp_path / "state"), "--json", "--set", f"checkpoint_interval_s={CHECKPOINT_S}"]
+            "--state-dir", str(tmp_path / "state"), "--json", "--set", f"checkpoint_interval_s={CHECKPOINT_S}",
+            "--connections", "1"]
 
     def records() -> tuple[RequestRecord, ...]:
         stats = server.stats.paths.get("/files/big.safetensors")

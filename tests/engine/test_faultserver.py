@@ -95,7 +95,7 @@ def test_faults_query_round_trip() -> None:
         drop_after=1, drop_times=2, stall_after=3, stall_s=4.5, stall_times=6, status=503, status_times=7,
         retry_after="8", ignore_range=True, change_after=9, changed_size=10, bad_content_range=True,
         short_by=11, rate_bps=12.5, no_etag=True, no_length=True, no_last_modified=True,
-        redirect_to="/x", redirects=13, filename="a b.bin", content_disposition="inline",
+        redirect_to="/x", redirects=13, filename="a b.bin", content_disposition="inline", max_concurrent=14,
     )  # fmt: skip
     assert set(faults.to_query()) == {f.name for f in attrs.fields(Faults)}
     assert Faults.from_query(faults.to_query()) == faults
