@@ -109,7 +109,7 @@ def test_download_at_80_columns_during_a_recovery(server: FaultServer, tmp_path:
     url = server.url("/files/tmux-model.safetensors", size=16 * MiB,
                      faults=Faults(drop_after=MiB, drop_times=1, rate_bps=4 * MiB))
     command = (f"env -u COLUMNS -u LINES {sys.executable} -m engine download '{url}' -o {tmp_path / 'out'} "
-               f"--state-dir {tmp_path / 'state'} --set initial_delay_s=600 --set jitter=0; "
+               f"--state-dir {tmp_path / 'state'} --connections 1 --set initial_delay_s=600 --set jitter=0; "
                "echo EXIT:$?; read never")
     tmux("new-session", "-d", "-x", "80", "-y", "30", "-s", "t", command)
 
