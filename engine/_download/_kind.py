@@ -93,7 +93,7 @@ from .._specs import DownloadSpec, redact_headers
 from ._wire import READ_BYTES, HashWorker, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
 from ._hosts import HostConnections
 from ._multi import Restart, SegmentedTransfer
-from ._ratelimit import TokenBucket, read_size, take_all
+from ._ratelimit import TokenBucket, read_size, receive_buffer, take_all
 from ._segments import SegmentTable
 from ._credentials import CredentialStore
 from ._hubs import HubEnv, host_auth, hub_failure, hub_url, web_page_failure
@@ -468,8 +468,9 @@ class _Transfer:
         response = await self._send(self._headers(offset))
         reads = read_size(self.buckets, READ_BYTES)
         widen_reads(response, reads)
-        if reads < READ_BYTES:
-            limit_buffer(response, 2 * reads)
+        buffer = receive_buffer(self.buckets)
+        if buffer is not None:
+            limit_buffer(response, buffer)
         try:
             return await self._handle(response, offset)
         except (httpx.HTTPError, OSError) as exc:

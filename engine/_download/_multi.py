@@ -46,7 +46,7 @@ from .._errors import AttemptFailed, classify_exception, classify_status, failur
 from .._kinds import AttemptContext
 from ._hosts import HostConnections
 from ._ranges import content_range, same_version
-from ._ratelimit import TokenBucket, read_size, take_all
+from ._ratelimit import TokenBucket, read_size, receive_buffer, take_all
 from ._segments import Segment, SegmentTable
 from ._wire import READ_BYTES, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
 
@@ -322,8 +322,9 @@ class SegmentedTransfer:
                             state[key] = headers[header]
                 reads = read_size(self.buckets, READ_BYTES)
                 widen_reads(response, reads)
-                if reads < READ_BYTES:
-                    limit_buffer(response, 2 * reads)
+                buffer = receive_buffer(self.buckets)
+                if buffer is not None:
+                    limit_buffer(response, buffer)
                 return response
             if status == 200:
                 raise Restart("the server ignored a range request or the file changed")
