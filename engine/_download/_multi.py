@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Awaitable, Callable
 
 import attrs
@@ -54,7 +54,8 @@ __all__ = ["Restart", "SegmentedTransfer"]
 
 log = logging.getLogger("engine.download")
 
-_PROBE_S = 0.5  # how long the rate is measured before and after adding connections
+_PROBE_S = 1.0  # how long the rate is measured before and after adding connections
+_SETTLE_S = 2.0  # at most this long for new connections' first bytes before measuring
 _GAIN = 0.5  # a doubling must raise the total rate by half to keep going (noise on a fast link does not)
 _USELESS = 0.1  # extras that raised it by less than this are retired
 _SLOW_FACTOR = 4.0  # a connection this many times slower than a thief hands its segment over
@@ -431,7 +432,16 @@ class SegmentedTransfer:
         self._nursery.start_soon(self._worker, conn, None)
         return conn
 
-    async def _measure(self) -> float:
+    async def _measure(self, new: Sequence[_Conn] = ()) -> float:
+        """Bytes per second over `_PROBE_S`, once the ``new`` connections have their first bytes.
+
+        A window that began before a new connection's request was answered
+        would count its setup as no gain; a window of a second holds enough of
+        every connection's bursts that the doubling it judges is not noise.
+        """
+        settle = trio.current_time() + _SETTLE_S
+        while any(c.got == 0 and c in self._conns for c in new) and trio.current_time() < settle:
+            await trio.sleep(0.02)
         self._waits = [b.waits for b in self.buckets]
         before, began = self._written, trio.current_time()
         await trio.sleep(_PROBE_S)
@@ -457,7 +467,7 @@ class SegmentedTransfer:
             new_conns = [c for c in spawned if c is not None]
             if not new_conns:
                 return
-            after = await self._measure()
+            after = await self._measure(new_conns)
             if not self._growing:
                 return
             if after < rate * (1 + _USELESS) and not self._at_limit():
