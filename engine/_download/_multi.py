@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Awaitable, Callable
 
 import attrs
@@ -46,7 +46,7 @@ from .._errors import AttemptFailed, classify_exception, classify_status, failur
 from .._kinds import AttemptContext
 from ._hosts import HostConnections
 from ._ranges import content_range, same_version
-from ._ratelimit import TokenBucket, read_size, take_all
+from ._ratelimit import TokenBucket, read_size, receive_buffer, take_all
 from ._segments import Segment, SegmentTable
 from ._wire import READ_BYTES, PrefixHasher, ReadBatcher, limit_buffer, widen_reads
 
@@ -54,7 +54,8 @@ __all__ = ["Restart", "SegmentedTransfer"]
 
 log = logging.getLogger("engine.download")
 
-_PROBE_S = 0.5  # how long the rate is measured before and after adding connections
+_PROBE_S = 1.0  # how long the rate is measured before and after adding connections
+_SETTLE_S = 2.0  # at most this long for new connections' first bytes before measuring
 _GAIN = 0.5  # a doubling must raise the total rate by half to keep going (noise on a fast link does not)
 _USELESS = 0.1  # extras that raised it by less than this are retired
 _SLOW_FACTOR = 4.0  # a connection this many times slower than a thief hands its segment over
@@ -322,8 +323,9 @@ class SegmentedTransfer:
                             state[key] = headers[header]
                 reads = read_size(self.buckets, READ_BYTES)
                 widen_reads(response, reads)
-                if reads < READ_BYTES:
-                    limit_buffer(response, 2 * reads)
+                buffer = receive_buffer(self.buckets)
+                if buffer is not None:
+                    limit_buffer(response, buffer)
                 return response
             if status == 200:
                 raise Restart("the server ignored a range request or the file changed")
@@ -430,7 +432,16 @@ class SegmentedTransfer:
         self._nursery.start_soon(self._worker, conn, None)
         return conn
 
-    async def _measure(self) -> float:
+    async def _measure(self, new: Sequence[_Conn] = ()) -> float:
+        """Bytes per second over `_PROBE_S`, once the ``new`` connections have their first bytes.
+
+        A window that began before a new connection's request was answered
+        would count its setup as no gain; a window of a second holds enough of
+        every connection's bursts that the doubling it judges is not noise.
+        """
+        settle = trio.current_time() + _SETTLE_S
+        while any(c.got == 0 and c in self._conns for c in new) and trio.current_time() < settle:
+            await trio.sleep(0.02)
         self._waits = [b.waits for b in self.buckets]
         before, began = self._written, trio.current_time()
         await trio.sleep(_PROBE_S)
@@ -456,7 +467,7 @@ class SegmentedTransfer:
             new_conns = [c for c in spawned if c is not None]
             if not new_conns:
                 return
-            after = await self._measure()
+            after = await self._measure(new_conns)
             if not self._growing:
                 return
             if after < rate * (1 + _USELESS) and not self._at_limit():

@@ -16,7 +16,7 @@ from typing import Callable
 import attrs
 import trio
 
-__all__ = ["TokenBucket", "read_size", "take_all"]
+__all__ = ["TokenBucket", "read_size", "receive_buffer", "take_all", "tightest"]
 
 _BURST_S = 0.1  # a bucket may hold this many seconds of tokens (a burst after idling)
 _RECHECK_S = 0.25
@@ -76,9 +76,30 @@ async def take_all(buckets: tuple[TokenBucket, ...], nbytes: int) -> None:
             await bucket.take(nbytes)
 
 
-def read_size(buckets: tuple[TokenBucket, ...], largest: int) -> int:
-    """Bytes to read from a socket at once: a tenth of a second at the tightest limit, at most ``largest``."""
+def tightest(buckets: tuple[TokenBucket, ...]) -> float | None:
+    """The lowest rate that limits now, or None."""
     limits = [b.rate_bps() for b in buckets if b.limited]
-    if not limits:
+    return min(limits) if limits else None
+
+
+def read_size(buckets: tuple[TokenBucket, ...], largest: int) -> int:
+    """Bytes to read from a socket at once: 20 ms at the tightest limit, at most ``largest``.
+
+    Every connection may run the shared bucket one read into debt, so small
+    reads keep what a window lets through close to the limit.
+    """
+    limit = tightest(buckets)
+    if limit is None:
         return largest
-    return max(16 * 1024, min(largest, int(min(limits) / 10)))
+    return max(16 * 1024, min(largest, int(limit / 50)))
+
+
+def receive_buffer(buckets: tuple[TokenBucket, ...]) -> int | None:
+    """The socket receive buffer for a rate-limited connection: a tenth of a second at the limit.
+
+    The kernel doubles it, so one connection still reaches the limit over a
+    200 ms round trip (several share it), while the kernel never takes
+    megabytes ahead of the bucket; None when unlimited.
+    """
+    limit = tightest(buckets)
+    return None if limit is None else max(64 * 1024, int(limit / 10))

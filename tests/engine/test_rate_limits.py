@@ -52,7 +52,7 @@ async def test_engine_rate_limit_holds_over_all_connections_and_changes_live(
         began = trio.current_time()
         op = await eng.submit(DownloadSpec(url=server.base_url + "/m.bin", dest="m.bin", sha256=file.sha256,
                                            connections=8))
-        first = await rate_over(server, "/m.bin", began + 3, 5)
+        first = await rate_over(server, "/m.bin", began + 5, 5)  # connections added and their buffers full
         assert server.stats.connections > 1  # one connection could not reach the limit here
         await eng.update_settings(max_download_rate_bps=lower)
         changed_at = trio.current_time()

@@ -21,7 +21,7 @@ from engine import DownloadSpec, Settings, Status, open_engine
 from engine.testing import INLINE_DISK, FaultServer, Faults, content_bytes
 
 MIB = 1024 * 1024
-SIZE = 8 * MIB
+SIZE = 16 * MIB  # long enough to double from 1 to 16 connections, a second per step
 PER_CONNECTION_BPS = 512 * 1024
 SEGMENT = 128 * 1024
 
