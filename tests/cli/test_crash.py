@@ -21,7 +21,7 @@ SIZE = 128 * MIB
 # A whole run takes 8 s, so four kills between 0.3 s and 2 s all land mid-transfer
 # (at most 4 x 1.7 s x 16 MiB/s = 109 MiB fetched before the last kill).
 RATE_BPS = 16 * MIB
-CHECKPOINT_S = 0.25
+CHECKPOINT_S = 1.0  # the default
 KILLS = 4
 # What may be fetched twice per kill besides one checkpoint interval of transfer:
 # - one send burst in flight: the rate-limited server hands the kernel 256 KiB at a time
@@ -30,12 +30,13 @@ KILLS = 4
 # - one burst of lateness: a checkpoint that fell due is taken when the next chunk arrives,
 #   and chunks arrive in those 256 KiB bursts (every 16 ms at 16 MiB/s);
 # - the checkpoint itself: bytes that arrive during the fsync of the .part and the atomic
-#   snapshot write. That takes about 5 ms on an idle local disk, but on a shared CI machine
-#   with the other core busy it was seen near 90 ms; 150 ms are allowed.
-# The sum (2.9 MiB) is still well under a second interval (4 MiB): a kill that repeated
-# two intervals would fail.
+#   snapshot write, and while the process waits for a core. That takes about 5 ms on an idle
+#   local disk; with both cores of a small machine busy with other work (a CPU burner beside
+#   the suite) it was seen at 0.35 s. Half a second is allowed.
+# The sum (8.5 MiB) stays well under a second interval (16 MiB): a kill that repeated two
+# intervals would fail.
 BURST = 256 * 1024
-SLACK = 2 * BURST + int(RATE_BPS * 0.15)
+SLACK = 2 * BURST + int(RATE_BPS * 0.5)
 BOUND = int(RATE_BPS * CHECKPOINT_S) + SLACK
 
 ENV = {**os.environ, "COLUMNS": "250"}

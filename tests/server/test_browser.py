@@ -301,7 +301,7 @@ def test_dashboard_says_stalled_when_nothing_arrives(tmp_path, faults, browser_p
         row = f'tr[data-op-id="{op["id"]}"]'
         page.goto(server.link)
         expect(page.locator(f"{row} .rate")).to_contain_text("/s")  # flowing
-        expect(page.locator(f"{row} .rate")).to_have_text("stalled", timeout=30_000)
+        expect(page.locator(f"{row} .rate-value")).to_have_text("stalled", timeout=30_000)
         expect(page.locator(f"{row} .eta")).to_have_text("–")
         expect(page.locator(row)).to_have_attribute("data-status", "in_progress")
     finally:
