@@ -19,6 +19,8 @@ from engine._errors import RefusedError
 from engine._projects._file import parse_project
 from engine._units import parse_rate
 
+MIB = 1024 * 1024
+
 
 def test_a_table_splits_without_touching_written_bytes_and_records_durable_ends() -> None:
     """Splitting keeps written bytes with their owner; the snapshot form keeps only durable ends."""
@@ -148,3 +150,45 @@ def test_project_files_take_mirrors(tmp_path: Path) -> None:
         parse_project({"name": "p", "steps": [{"kind": "download", "url": "http://a.example/m.bin",
                                                "mirrors": [1]}]}, tmp_path)
     assert info.value.field == "steps[0].mirrors"
+
+
+class _Ctx:
+    """The little of an attempt context that segment assignment reads."""
+
+    op_id = "op"
+    settings = Settings(min_segment_bytes=100)
+
+
+def _transfer(table: SegmentTable) -> Any:
+    from engine._download._hosts import HostConnections
+    from engine._download._multi import SegmentedTransfer
+
+    async def never(start: int, end: int) -> Any:
+        raise AssertionError("no request here")
+
+    return SegmentedTransfer(_Ctx(), -1, table, never, HostConnections(), "h", 8)  # type: ignore[arg-type]
+
+
+async def test_work_stealing_takes_half_and_a_far_slower_connection_hands_over_all(autojump_clock: Any) -> None:
+    """A free connection takes half of the largest remainder; from a far slower owner it takes all that is left."""
+    from engine._download._multi import _Conn
+
+    table = SegmentTable.whole(10 * MIB)
+    transfer = _transfer(table)
+    owner, thief = _Conn(1, extra=False), _Conn(2, extra=True)
+    seg = table.segments[0]
+    seg.owner, seg.pos = owner, MIB
+    await trio.sleep(1)
+    owner.got, thief.got = 1_000, 1_100  # about as fast: half of the 9 MiB left
+    tail = transfer._assign(thief)
+    assert (seg.end, tail.start, tail.end, tail.owner) == (5.5 * MIB, 5.5 * MIB, 10 * MIB, thief)
+    seg.pos = 2 * MIB  # the owner went on: the thief's segment has the most left now
+    third = _Conn(3, extra=True)
+    third.got = 100_000  # far faster than the thief that owns the largest remainder
+    handed = transfer._assign(third)
+    assert handed is tail and tail.owner is third  # nothing written there yet: the whole segment changes hands
+    tail.owner = None
+    assert transfer._assign(_Conn(4, extra=True)) is tail  # an unowned segment goes first
+    tail.pos = tail.end
+    seg.end = seg.pos + 150  # 150 bytes left: no piece below min_segment_bytes (100)
+    assert transfer._assign(_Conn(5, extra=True)) is None
