@@ -1,8 +1,9 @@
 """``python -m engine`` and the ``recovery`` console script.
 
-The first thing either does is take Ctrl-C in hand: from here on a SIGINT is
-only remembered until the command has loaded (`engine._cli._main.StartupGuard`
-says why), and ``entry`` acts on what arrived meanwhile. ``_signal`` is the
+The first thing either does is take Ctrl-C (and Ctrl-Break on Windows) in
+hand: from here on a SIGINT (SIGBREAK) is only remembered until the command
+has loaded (`engine._cli._main.StartupGuard` says why), and ``entry`` acts on
+what arrived meanwhile. ``_signal`` is the
 interpreter's built-in module: importing it runs no Python code, so there is no
 import for a Ctrl-C to land in before the handler is in place.
 """
@@ -11,7 +12,9 @@ try:
     import _signal
 
     _early: list[int] = []
-    _signal.signal(_signal.SIGINT, lambda signum, frame: _early.append(signum))
+    for _signum in (_signal.SIGINT, getattr(_signal, "SIGBREAK", None)):  # Ctrl-Break: Windows only
+        if _signum is not None:
+            _signal.signal(_signum, lambda signum, frame: _early.append(signum))
     from ._cli import entry
 except KeyboardInterrupt:  # in the few instructions before the handler: nothing started
     raise SystemExit(130) from None

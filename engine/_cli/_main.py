@@ -105,17 +105,33 @@ class StartupGuard:
 
     def install(self) -> None:
         try:
-            signal.signal(signal.SIGINT, self._remember)
+            for signum in _interrupts():
+                signal.signal(signum, self._remember)
         except ValueError:  # not the main thread (embedded): Ctrl-C is not ours to handle
             return
         self._installed = True
 
     def release(self) -> bool:
-        """Restore Python's Ctrl-C handling; True if Ctrl-C was pressed meanwhile."""
+        """Restore Python's Ctrl-C handling; True if Ctrl-C was pressed meanwhile.
+
+        Ctrl-Break (Windows) is handled as Ctrl-C from here on too: both raise
+        ``KeyboardInterrupt`` until the command's own receiver takes them.
+        """
         if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for signum in _interrupts():
+                signal.signal(signum, signal.default_int_handler)
             self._installed = False
         return bool(self.pending)
+
+
+def _interrupts() -> tuple[int, ...]:
+    """Ctrl-C, and Ctrl-Break where the console has it (Windows' ``SIGBREAK``).
+
+    Read from `signal` itself rather than engine._platform, which this module
+    must not load before the command needs it (start-up cost).
+    """
+    brk = getattr(signal, "SIGBREAK", None)
+    return (signal.SIGINT,) if brk is None else (signal.SIGINT, brk)
 
 
 def main(argv: Sequence[str] | None = None, *, guard: StartupGuard | None = None) -> int:
@@ -161,7 +177,8 @@ def entry(early: list[int] | None = None) -> None:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in _interrupts():
+            signal.signal(signum, signal.SIG_IGN)
     except (ValueError, OSError):  # not the main thread (embedded): nothing to protect
         pass
     # The process ends here. Without this, the interpreter's last collection

@@ -135,3 +135,25 @@ def test_without_a_shared_console_stop_falls_back_to_taskkill(windows: Any) -> N
     windows.setattr(_process.subprocess, "run", lambda argv, **kw: ran.append(argv))
     assert _process.signal_group(4242, kill=False) is True
     assert ran == [["taskkill", "/PID", "4242", "/T", "/F"]]
+
+
+def test_ctrl_break_is_held_at_start_up_like_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where SIGBREAK exists, the start-up guard remembers it like SIGINT and hands both to KeyboardInterrupt."""
+    import os
+
+    from engine._cli._main import StartupGuard
+
+    stand_in = signal.SIGUSR1  # Linux has no SIGBREAK: a signal nothing else uses here plays it
+    monkeypatch.setattr(signal, "SIGBREAK", stand_in, raising=False)
+    before = signal.getsignal(stand_in), signal.getsignal(signal.SIGINT)
+    guard = StartupGuard()
+    try:
+        guard.install()
+        os.kill(os.getpid(), stand_in)  # Ctrl-Break while the command loads: remembered, nothing raised
+        assert guard.pending == [stand_in]
+        assert guard.release() is True
+        assert signal.getsignal(stand_in) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(stand_in, before[0])
+        signal.signal(signal.SIGINT, before[1])
