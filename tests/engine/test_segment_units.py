@@ -103,16 +103,19 @@ def test_the_prefix_hasher_reads_the_file_back_in_order(tmp_path: Path) -> None:
 
 def test_preallocate_sizes_the_file_natively_and_sparse(tmp_path: Path) -> None:
     """The .part gets its full size up front, with fallocate and with the sparse fallback."""
+    from engine._platform import _select
+
+    before = set(_select._forced)  # what the run forced (--platform-fallback) comes back after
     for forced in (False, True):
         path = tmp_path / f"p{forced}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT)
         try:
             if forced:
-                _platform.force_fallback("fallocate")
+                _platform.force_fallback(*before, "fallocate")
             _platform.preallocate(fd, 5_000_000)
             assert os.fstat(fd).st_size == 5_000_000
         finally:
-            _platform.force_fallback()
+            _platform.force_fallback(*before)
             os.close(fd)
 
 
