@@ -125,13 +125,13 @@ async def _demo_main(args: argparse.Namespace) -> int:
     files = [
         ("/models/checkpoint.safetensors", 24 * mib,
          Faults(drop_after=7 * mib, drop_times=2, rate_bps=3 * mib),
-         "drops the connection twice; resumes each time from where it was"),
+         "drops the connection twice; resumes where it was"),
         ("/models/vae.safetensors", 10 * mib,
          Faults(status=503, status_times=2, retry_after="2", rate_bps=2 * mib),
-         "answers 503 Service Unavailable twice (Retry-After: 2)"),
+         "answers 503 twice (Retry-After: 2), then serves"),
         ("/models/lora.safetensors", 6 * mib,
          Faults(stall_after=2 * mib, stall_times=1, rate_bps=1.5 * mib),
-         "stalls after 2 MiB; the stall is detected and the download resumes"),
+         "stalls after 2 MiB; the stall is found, it resumes"),
     ]
     if not args.json:
         print("recovery demo: a local server with faults, and downloads that recover.\n", file=sys.stderr)
@@ -143,7 +143,7 @@ async def _demo_main(args: argparse.Namespace) -> int:
             # one connection each: the demo shows recoveries, which several connections would
             # hide inside one attempt
             specs.append(DownloadSpec(url=f"{base}{path}", dest=str(out / Path(path).name), connections=1))
-            if not args.json:
+            if not args.json:  # 80 columns: 29 for the name, 51 for what happens to it
                 print(f"  {Path(path).name:<26} {what}", file=sys.stderr)
         if not args.json:
             print(file=sys.stderr)
