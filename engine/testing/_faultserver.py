@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 
@@ -199,6 +200,18 @@ class FaultServer:
     def stats(self) -> ServerStats:
         """A snapshot of the accounting (safe from any thread)."""
         return self._stats.snapshot()
+
+    def wait_until_booked(self, path: str, limit_s: float = 20.0) -> None:
+        """From outside the server's thread: wait (bounded) until no request of ``path`` is still
+        sending, so its byte counts are final (a killed client's last connection is noticed)."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            paths = self.stats.paths.get(path)
+            if not any(r.outcome in ("sending", "stalled") for r in (paths.records if paths else ())):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server still sends {path} after {limit_s} s (a killed client unnoticed)")
+            time.sleep(0.01)
 
     def reset_stats(self) -> None:
         """Forget all accounting."""

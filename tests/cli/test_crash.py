@@ -9,10 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 
 from engine.testing import FaultServer, Faults, RequestRecord, content_sha256, refetched
 
@@ -43,24 +41,9 @@ ENV = {**os.environ, "COLUMNS": "250"}
 ENV.pop("RECOVERY_STATE_DIR", None)
 
 
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    srv = FaultServer()
-    with srv.run_in_thread():
-        yield srv
-
-
 def overlaps(records: tuple[RequestRecord, ...]) -> list[int]:
     """Per request, how many of the bytes it sent an earlier request had already sent."""
     return refetched((r.range_start, r.bytes_sent) for r in records)
-
-
-def wait_until_booked(records: Callable[[], tuple[RequestRecord, ...]], limit_s: float = 10.0) -> None:
-    """Wait (bounded) until no request of the path is still sending: its byte count is final."""
-    deadline = time.monotonic() + limit_s
-    while any(r.outcome in ("sending", "stalled") for r in records()):
-        assert time.monotonic() < deadline, "the server never noticed the killed client"
-        time.sleep(0.01)
 
 
 def test_overlap_accounting() -> None:
@@ -100,7 +83,7 @@ def test_kill_9_repeats_at_most_one_checkpoint_interval(server: FaultServer, tmp
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL, f"finished before the kill (seed {seed})"
-        wait_until_booked(records)  # the server noticed the dead connection and booked its last bytes
+        server.wait_until_booked("/files/big.safetensors")  # the dead connection booked to its last byte
         runs.append(range(before, len(records())))
 
     before = len(records())

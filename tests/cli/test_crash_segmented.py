@@ -16,10 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 
 from engine.testing import FaultServer, Faults, RequestRecord, content_sha256, refetched
 
@@ -51,21 +49,6 @@ ENV = {**os.environ, "COLUMNS": "250"}
 ENV.pop("RECOVERY_STATE_DIR", None)
 
 
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    srv = FaultServer()
-    with srv.run_in_thread():
-        yield srv
-
-
-def wait_until_booked(records: Callable[[], tuple[RequestRecord, ...]], limit_s: float = 20.0) -> None:
-    """Wait (bounded) until no request of the path is still sending: its byte count is final."""
-    deadline = time.monotonic() + limit_s
-    while any(r.outcome in ("sending", "stalled") for r in records()):
-        assert time.monotonic() < deadline, "the server never noticed the killed client"
-        time.sleep(0.01)
-
-
 def test_kill_9_over_eight_connections_repeats_at_most_one_interval(server: FaultServer, tmp_path: Path) -> None:
     """Five SIGKILLs of an 8-connection download; each rerun resumes every segment; the file is exact."""
     seed = int(os.environ.get("CRASH_TEST_SEED", time.time_ns() % 1_000_000))
@@ -93,7 +76,7 @@ def test_kill_9_over_eight_connections_repeats_at_most_one_interval(server: Faul
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL, f"finished before the kill (seed {seed})"
-        wait_until_booked(records)
+        server.wait_until_booked(PATH)
         runs.append(range(before, len(records())))
 
     before = len(records())

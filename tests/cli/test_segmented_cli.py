@@ -9,25 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import msgpack
-import pytest
 
 from engine.testing import FaultServer, Faults, content_bytes, content_sha256
 
 MIB = 1024 * 1024
 ENV = {**os.environ, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
 ENV.pop("RECOVERY_STATE_DIR", None)
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    srv = FaultServer()
-    with srv.run_in_thread():
-        yield srv
 
 
 def argv(url: str, tmp_path: Path, *extra: str) -> list[str]:
